@@ -1,0 +1,87 @@
+"""Small utilities every part of partlab uses: device choice, seeding, quiet-aware progress bars.
+
+>>> from partlab import utils
+>>> utils.device("cpu")
+device(type='cpu')
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import Iterable, Iterator, Optional, TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def device(spec: "str | torch.device | None" = "auto") -> torch.device:
+    """Resolve a device spec: ``"auto"`` picks cuda, then mps, then cpu.
+
+    Accepts ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, a ``torch.device`` or ``None`` (= auto).
+    Asking for an accelerator that is absent raises a ``ValueError`` that says what is available.
+    """
+    if isinstance(spec, torch.device):
+        return spec
+    if spec is None or spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if not isinstance(spec, str) or spec.split(":")[0] not in DEVICE_CHOICES:
+        raise ValueError(f"device={spec!r} is not understood; use one of {DEVICE_CHOICES} (or 'cuda:N')")
+    kind = spec.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={spec!r} asked for, but CUDA is not available here; use device='auto' or 'cpu'")
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError("device='mps' asked for, but MPS is not available here; use device='auto' or 'cpu'")
+    return torch.device(spec)
+
+
+def describe_device(dev: "str | torch.device" = "auto") -> str:
+    """One line naming the device, for notebooks to print (honesty: say where things ran)."""
+    dev = device(dev)
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}"
+    if dev.type == "mps":
+        return f"mps (Apple GPU), torch {torch.__version__}"
+    return f"cpu ({torch.get_num_threads()} threads), torch {torch.__version__}"
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices); return a CPU ``torch.Generator`` seeded the same."""
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    random.seed(int(seed))
+    np.random.seed(int(seed) % 2**32)
+    torch.manual_seed(int(seed))
+    return torch.Generator().manual_seed(int(seed))
+
+
+def progress_enabled() -> bool:
+    """Progress bars are on unless ``PARTLAB_PROGRESS=0`` (set by the curriculum runner and the tests,
+    so papermill outputs stay readable)."""
+    return os.environ.get("PARTLAB_PROGRESS", "1").lower() not in ("0", "false", "off", "no")
+
+
+def progress(iterable: Optional[Iterable[T]] = None, *, total: Optional[int] = None, desc: Optional[str] = None,
+             enabled: Optional[bool] = None, **kwargs) -> Iterator[T]:
+    """A tqdm bar (notebook widget or terminal) that is silent when progress is disabled.
+
+    ``enabled=None`` follows :func:`progress_enabled`. Extra keyword arguments go to tqdm.
+    """
+    from tqdm.auto import tqdm
+
+    on = progress_enabled() if enabled is None else enabled
+    return tqdm(iterable, total=total, desc=desc, disable=not on, file=sys.stderr, dynamic_ncols=True, **kwargs)

@@ -1,0 +1,208 @@
+"""Pictures people would rather look at than read: part overlays, part-map grids, ablation bars.
+
+Every function draws with one fixed palette, so part 3 has the same colour in every notebook:
+``PALETTE[0]`` is the background (dark grey), ``PALETTE[k]`` the colour of part k.
+Functions take torch tensors or numpy arrays (images ``(3, H, W)`` or ``(H, W, 3)`` in [0, 1],
+labels ``(H, W)`` integers) and return matplotlib figures; nothing calls ``plt.show()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+# Fixed colours: 0 = background, then 20 well-separated part colours (tab20-like, reordered so the first
+# eight are the most distinct; SCOPS uses K=8).
+PALETTE = np.array(
+    [
+        [0.12, 0.12, 0.12],
+        [0.90, 0.10, 0.15], [0.10, 0.45, 0.85], [0.20, 0.75, 0.20], [1.00, 0.60, 0.00],
+        [0.60, 0.25, 0.75], [0.00, 0.80, 0.80], [1.00, 0.90, 0.10], [0.95, 0.40, 0.70],
+        [0.55, 0.35, 0.15], [0.60, 0.80, 0.30], [0.45, 0.45, 1.00], [0.90, 0.75, 0.55],
+        [0.00, 0.50, 0.45], [0.75, 0.00, 0.35], [0.50, 0.50, 0.50], [0.85, 0.85, 0.85],
+        [0.35, 0.60, 0.00], [0.00, 0.30, 0.60], [1.00, 0.75, 0.80], [0.40, 0.20, 0.40],
+    ],
+    dtype=np.float32,
+)
+
+
+def _numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def to_hwc(image) -> np.ndarray:
+    """An image as an ``(H, W, 3)`` float array in [0, 1] (accepts ``(3, H, W)`` or ``(H, W, 3)``)."""
+    image = _numpy(image).astype(np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"expected one image of shape (3, H, W) or (H, W, 3), got shape {image.shape}")
+    if image.shape[0] == 3 and image.shape[-1] != 3:
+        image = image.transpose(1, 2, 0)
+    return np.clip(image, 0.0, 1.0)
+
+
+def colorize(labels) -> np.ndarray:
+    """Label map ``(H, W)`` with values 0..K (K <= 20) -> colours ``(H, W, 3)`` from :data:`PALETTE`."""
+    labels = _numpy(labels).astype(np.int64)
+    if labels.ndim != 2:
+        raise ValueError(f"expected a label map of shape (H, W), got shape {labels.shape}")
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= len(PALETTE):
+        raise ValueError(f"labels must lie in 0..{len(PALETTE) - 1} to be coloured, got {labels.min()}..{labels.max()}")
+    return PALETTE[labels]
+
+
+def overlay(image, labels, alpha: float = 0.5) -> np.ndarray:
+    """Blend part colours over an image: background pixels keep the image, part pixels mix ``alpha`` colour."""
+    image = to_hwc(image)
+    labels = _numpy(labels).astype(np.int64)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"labels {labels.shape} and image {image.shape[:2]} must have the same height and width")
+    colours = colorize(labels)
+    mix = np.where((labels > 0)[..., None], (1 - alpha) * image + alpha * colours, image)
+    return np.clip(mix, 0.0, 1.0)
+
+
+def _grid(n: int, ncols: int, cell: float = 1.6, extra_rows: int = 0):
+    import matplotlib.pyplot as plt
+
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols)) + extra_rows
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    return fig, axes
+
+
+def draw_landmarks(ax, landmarks, size: Sequence[int], visible=None, colour: str = "white", marker: str = "o",
+                   edge: str = "black", s: float = 18.0) -> None:
+    """Draw normalised ``(L, 2)`` landmarks on an axis showing an image of ``size = (H, W)``.
+
+    Visible landmarks are filled; invisible ones (occluded or outside) are drawn as hollow markers.
+    """
+    landmarks = _numpy(landmarks).astype(np.float32)
+    h, w = size
+    px = ((landmarks[:, 0] + 1) * w - 1) / 2
+    py = ((landmarks[:, 1] + 1) * h - 1) / 2
+    vis = np.ones(len(landmarks), bool) if visible is None else _numpy(visible).astype(bool)
+    ax.scatter(px[vis], py[vis], c=colour, edgecolors=edge, s=s, marker=marker, linewidths=0.8, zorder=3)
+    if (~vis).any():
+        ax.scatter(px[~vis], py[~vis], facecolors="none", edgecolors=colour, s=s, marker=marker, linewidths=0.8,
+                   zorder=3)
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+
+
+def show_parts(images, labels=None, *, landmarks=None, visible=None, titles: Optional[Sequence[str]] = None,
+               ncols: int = 8, alpha: float = 0.5, side_by_side: bool = False, cell: float = 1.6):
+    """A grid of images with part overlays and landmarks.
+
+    Args:
+        images: ``(N, 3, H, W)`` in [0, 1].
+        labels: optional ``(N, H, W)`` part labels (0 = background) drawn as an overlay.
+        landmarks: optional ``(N, L, 2)`` normalised (x, y); ``visible (N, L)`` marks occluded ones hollow.
+        side_by_side: draw each image plain, then with its overlay, in two rows.
+    Returns:
+        the matplotlib figure.
+    """
+    images = _numpy(images)
+    n = len(images)
+    if n == 0:
+        raise ValueError("show_parts needs at least one image")
+    rows_per = 2 if (side_by_side and labels is not None) else 1
+    ncols = max(1, min(ncols, n))
+    fig, axes = _grid(n * rows_per, ncols, cell)
+    for i in range(n):
+        row, col = divmod(i, ncols)
+        img = to_hwc(images[i])
+        cells = []
+        if rows_per == 2:
+            cells.append((axes[row * 2, col], img))
+            cells.append((axes[row * 2 + 1, col], overlay(img, labels[i], alpha)))
+        else:
+            shown = overlay(img, labels[i], alpha) if labels is not None else img
+            cells.append((axes[row, col], shown))
+        for ax, shown in cells:
+            ax.imshow(shown, interpolation="nearest")
+            if landmarks is not None:
+                draw_landmarks(ax, landmarks[i], img.shape[:2], None if visible is None else visible[i])
+        if titles is not None:
+            cells[0][0].set_title(str(titles[i]), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def show_part_maps(probs, *, image=None, names: Optional[Sequence[str]] = None, cell: float = 1.6):
+    """One image's soft part maps ``(K+1, H, W)`` as heatmaps, channel by channel (channel 0 = background)."""
+    import matplotlib.pyplot as plt
+
+    probs = _numpy(probs)
+    if probs.ndim != 3:
+        raise ValueError(f"expected part maps of shape (K+1, H, W), got {probs.shape}")
+    n = probs.shape[0] + (image is not None)
+    fig, axes = plt.subplots(1, n, figsize=(cell * n, cell * 1.15), squeeze=False)
+    offset = 0
+    if image is not None:
+        axes[0, 0].imshow(to_hwc(image))
+        axes[0, 0].set_title("image", fontsize=8)
+        offset = 1
+    for k in range(probs.shape[0]):
+        ax = axes[0, k + offset]
+        ax.imshow(probs[k], cmap="viridis", vmin=0.0, vmax=max(float(probs[k].max()), 1e-6))
+        ax.set_title(names[k] if names is not None else ("background" if k == 0 else f"part {k}"), fontsize=8,
+                     color="black" if k == 0 else PALETTE[k % len(PALETTE)])
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def part_legend(ax, names: Sequence[str], loc: str = "upper right") -> None:
+    """A legend mapping palette colours to part names (``names[0]`` is the background)."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=PALETTE[k % len(PALETTE)], label=name) for k, name in enumerate(names)]
+    ax.legend(handles=handles, loc=loc, fontsize=7, frameon=True)
+
+
+def bar_chart(results: Mapping[str, Mapping[str, float]], metrics: Sequence[str], *, title: str = "",
+              higher_is_better: Optional[Mapping[str, bool]] = None, ax=None):
+    """Grouped bars: one group per metric, one bar per row of ``results`` (e.g. ablation variants).
+
+    ``results = {"full": {"fg_ari": 0.4, ...}, "w/o L_sc": {...}}``. Arrows in the labels say which way is better.
+    """
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    if not names:
+        raise ValueError("bar_chart needs at least one row of results")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(metrics) * max(1, len(names)) / 2.5, 3.2))
+    else:
+        fig = ax.figure
+    width = 0.8 / len(names)
+    x = np.arange(len(metrics))
+    for i, name in enumerate(names):
+        values = [float(results[name].get(m, np.nan)) for m in metrics]
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name, color=PALETTE[1 + i % 20])
+    labels = []
+    for m in metrics:
+        arrow = "" if higher_is_better is None or m not in higher_is_better else (" ↑" if higher_is_better[m] else " ↓")
+        labels.append(m + arrow)
+    ax.set_xticks(x, labels)
+    ax.legend(fontsize=7, ncol=min(len(names), 4))
+    if title:
+        ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: "str | Path", dpi: int = 110) -> Path:
+    """Save a figure as PNG (creating folders) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path

@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+import torch
+
+from partlab import viz
+
+
+def test_palette_fixed_background_and_distinct():
+    assert viz.PALETTE.shape == (21, 3)
+    assert len({tuple(c) for c in viz.PALETTE.round(3)}) == 21
+    labels = np.array([[0, 1], [2, 0]])
+    colours = viz.colorize(labels)
+    np.testing.assert_array_equal(colours[0, 0], viz.PALETTE[0])
+    np.testing.assert_array_equal(colours[1, 0], viz.PALETTE[2])
+
+
+def test_overlay_keeps_background_and_mixes_parts():
+    image = torch.full((3, 4, 4), 0.5)
+    labels = torch.zeros(4, 4, dtype=torch.long)
+    labels[0, 0] = 1
+    out = viz.overlay(image, labels, alpha=0.5)
+    assert out.shape == (4, 4, 3)
+    np.testing.assert_allclose(out[1, 1], 0.5)
+    np.testing.assert_allclose(out[0, 0], 0.25 + 0.5 * viz.PALETTE[1])
+
+
+def test_bad_inputs_are_clear():
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        viz.colorize(np.zeros((2, 2, 2), int))
+    with pytest.raises(ValueError, match="same height and width"):
+        viz.overlay(np.zeros((3, 4, 4)), np.zeros((5, 5), int))
+    with pytest.raises(ValueError, match="0..20"):
+        viz.colorize(np.full((2, 2), 30))
+
+
+def test_figures_draw(tmp_path):
+    images = torch.rand(3, 3, 16, 16)
+    labels = torch.randint(0, 4, (3, 16, 16))
+    landmarks = torch.rand(3, 5, 2) * 2 - 1
+    visible = torch.rand(3, 5) > 0.5
+    fig = viz.show_parts(images, labels, landmarks=landmarks, visible=visible, titles=["a", "b", "c"],
+                         side_by_side=True)
+    assert len(fig.axes) >= 6
+    path = viz.save_figure(fig, tmp_path / "grid.png")
+    assert path.stat().st_size > 1000
+    fig = viz.show_part_maps(torch.softmax(torch.randn(4, 16, 16), 0), image=images[0])
+    assert len(fig.axes) == 5
+    fig = viz.bar_chart({"full": {"ari": 0.5, "err": 0.1}, "w/o": {"ari": 0.3, "err": 0.2}}, ["ari", "err"],
+                        higher_is_better={"ari": True, "err": False})
+    assert fig.axes[0].get_xticklabels()[0].get_text() == "ari ↑"
