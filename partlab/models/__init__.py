@@ -1,0 +1,30 @@
+"""Segmentation networks: images ``(B, 3, H, W)`` in [0, 1] -> logits ``(B, C, H, W)`` at the input size.
+
+- :class:`UNet` - small, GroupNorm, for CPU quick mode;
+- :class:`DeepLabV2` - DeepLab-v2 ResNet-50 (output stride 8, ASPP-sum head), as in SCOPS.
+
+Both accept ``return_features=True`` to also return decoder/backbone features (for linear probes).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from partlab.models.deeplab import DeepLabV2
+from partlab.models.unet import UNet
+
+NETWORKS: dict[str, type[nn.Module]] = {"unet": UNet, "deeplab": DeepLabV2}
+
+
+def build_network(name: str, out_channels: int, **kwargs) -> nn.Module:
+    """Build a network by name (``"unet"`` or ``"deeplab"``); ``kwargs`` go to its constructor.
+
+    >>> build_network("unet", 9, base_channels=8).head.out_channels
+    9
+    """
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
+    return NETWORKS[name](out_channels, **kwargs)
+
+
+__all__ = ["DeepLabV2", "NETWORKS", "UNet", "build_network"]
