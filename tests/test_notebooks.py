@@ -1,0 +1,53 @@
+"""The notebook contract (DESIGN.md) and a papermill run of every notebook in quick mode.
+
+Each notebook runs through the same runner as ``make demo`` and its metrics are compared with
+``tests/baselines/quick.json``; a metric outside its stated tolerance fails the test, naming the metric.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from partlab import notebooks as nbs
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = nbs.list_notebooks(ROOT / "notebooks")
+BASELINES = json.loads((ROOT / "tests" / "baselines" / "quick.json").read_text())
+
+
+def test_there_is_a_curriculum():
+    assert NOTEBOOKS, "notebooks/ holds no notebook"
+    assert all(re.fullmatch(r"\d\d_[a-z0-9_]+", p.stem) for p in NOTEBOOKS), [p.stem for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_contract(path):
+    nb = nbformat.read(str(path), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert not [c for c in code if c.get("outputs") or c.get("execution_count")], "committed with outputs"
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell must be tagged 'parameters'"
+    declared = nbs.notebook_parameters(path)
+    missing = set(nbs.REQUIRED_PARAMETERS) - set(declared)
+    assert not missing, f"parameters cell lacks {sorted(missing)}"
+    assert declared["quick"] is True, "the committed default must be quick mode"
+    assert declared["device"] == "auto" and declared["dataset"] == "synthetic"
+    assert nb.metadata.get("kernelspec", {}).get("name") == nbs.KERNEL_NAME
+    assert "write_metrics" in code[-1].source, "the last cell must write the metrics JSON"
+    assert path.stem in BASELINES, f"tests/baselines/quick.json has no entry for {path.stem}"
+    long_cells = [c.source.count("\n") + 1 for c in code if c.source.count("\n") + 1 > 25]
+    assert not long_cells, f"cells of {long_cells} lines: move the code into partlab"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_runs_in_quick_mode_within_baselines(path, tmp_path):
+    result = nbs.run_notebook(path, tmp_path, quick=True, baselines=BASELINES)
+    assert result.status == "ok", "\n".join(result.problems)
+    executed = nbformat.read(str(result.output), as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "device" in text, "a notebook must print the device it used"
+    assert "\r" not in text, "progress bars flooded the output"
