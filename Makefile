@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.partlab-installed
-PIP_QUIET ?= -q
+PIPFLAGS ?= -q
 
 .PHONY: setup demo test lab bench clean
 
@@ -12,8 +12,8 @@ setup: $(STAMP)
 # Pinned, reproducible install: constraints.txt is the lock file for regression runs.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install $(PIP_QUIET) --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install $(PIP_QUIET) -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install $(PIPFLAGS) --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install $(PIPFLAGS) -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
 ## demo: run the whole curriculum headlessly (quick mode) into outputs/, export HTML, print a summary
