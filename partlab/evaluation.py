@@ -1,0 +1,113 @@
+"""The synthetic benchmark: one scorer for every method, baseline and the supervised oracle.
+
+A method's predictions on a test set, ``pred = dict(probs=(N, K+1, H, W), labels=(N, H, W))``, are
+scored against the synthetic world's exact ground truth with the protocols of the papers
+(:mod:`partlab.metrics`):
+
+============== ============================================================== ==========
+key            protocol                                                       better
+============== ============================================================== ==========
+fg_nmi, fg_ari pixels inside the true foreground, argmax over parts only      higher
+nmi, ari       every pixel, background = 0 from the true mask ("full")        higher
+kp_fg_nmi/ari  label at each visible landmark's nearest pixel (FG variant)    higher
+miou           Hungarian-matched mIoU of the labels (background included)     higher
+fg_iou         union of predicted parts vs true foreground (pooled IoU)       higher
+landmark_error part centres -> landmarks by linear regression fitted on the   lower
+               train split (SCOPS protocol; IOD-normalised for faces, bbox
+               width/height otherwise), mean over test images
+============== ============================================================== ==========
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Sequence
+
+import torch
+
+from partlab import metrics, utils
+from partlab.geometry import part_centers
+
+BENCHMARK_METRICS = ("fg_ari", "fg_nmi", "ari", "nmi", "kp_fg_ari", "kp_fg_nmi", "miou", "fg_iou",
+                     "landmark_error")
+HIGHER_IS_BETTER = {m: m != "landmark_error" for m in BENCHMARK_METRICS}
+
+
+def centers_of(probs: torch.Tensor) -> torch.Tensor:
+    """Part centres (no eps) of the foreground channels ``probs[:, 1:]`` -> (N, K, 2): the landmark inputs."""
+    return part_centers(probs[:, 1:].float(), eps=0.0)
+
+
+@torch.no_grad()
+def predict_dataset(model, images: torch.Tensor, *, batch_size: int = 32, device="auto") -> Dict[str, torch.Tensor]:
+    """``model.predict`` over a stack of images in batches -> dict(probs, labels, centers) on the CPU."""
+    dev = utils.device(device)
+    model = model.to(dev).eval()
+    probs, labels = [], []
+    for start in range(0, len(images), batch_size):
+        out = model.predict(images[start:start + batch_size].to(dev))
+        probs.append(out["probs"].float().cpu())
+        labels.append(out["labels"].cpu())
+    probs = torch.cat(probs)
+    return {"probs": probs, "labels": torch.cat(labels), "centers": centers_of(probs)}
+
+
+def landmark_normalization(category: Optional[str]) -> str:
+    """``"iod"`` for faces (SCOPS/MAFL protocol), ``"bbox"`` for every other category (SCOPS/CUB)."""
+    return "iod" if category == "face" else "bbox"
+
+
+def score_parts(pred: Mapping[str, torch.Tensor], truth: Mapping[str, torch.Tensor], *,
+                pred_train: Optional[Mapping[str, torch.Tensor]] = None,
+                truth_train: Optional[Mapping[str, torch.Tensor]] = None,
+                category: Optional[str] = None) -> Dict[str, float]:
+    """Every benchmark metric for one method (see the module docstring).
+
+    Args:
+        pred: test predictions, ``probs (N, K+1, H, W)`` and/or ``labels (N, H, W)``; ``centers (N, K, 2)``
+            optional (computed from probs when absent).
+        truth: the test batch: ``parts (N, H, W)``, ``fg (N, 1, H, W)``, ``landmarks (N, L, 2)``,
+            ``visible (N, L)``, ``bbox (N, 4)``.
+        pred_train, truth_train: the same on the train split, for the landmark regression; without
+            them ``landmark_error`` is left out.
+        category: picks the landmark normalisation (:func:`landmark_normalization`).
+    """
+    labels = pred["labels"] if "labels" in pred else pred["probs"].argmax(1)
+    soft = pred.get("probs", labels)
+    gt, fg = truth["parts"], truth["fg"]
+    num_classes = int(max(int(gt.max()), int(labels.max()))) + 1
+    out: Dict[str, float] = {}
+    fg_scores = metrics.pixel_nmi_ari(soft, gt, variant="fg")
+    full_scores = metrics.pixel_nmi_ari(labels, gt, variant="full", fg=fg)
+    kp = metrics.keypoint_nmi_ari(soft, truth["landmarks"], truth["visible"], variant="fg")
+    out.update(fg_nmi=fg_scores["nmi"], fg_ari=fg_scores["ari"], nmi=full_scores["nmi"], ari=full_scores["ari"],
+               kp_fg_nmi=kp["nmi"], kp_fg_ari=kp["ari"])
+    out["miou"] = metrics.hungarian_miou(labels, gt, num_classes)["miou"]
+    out["fg_iou"] = metrics.foreground_iou(labels, fg)
+    if pred_train is not None and truth_train is not None:
+        centers = pred["centers"] if "centers" in pred else centers_of(pred["probs"])
+        centers_train = pred_train["centers"] if "centers" in pred_train else centers_of(pred_train["probs"])
+        normalize = landmark_normalization(category)
+        out["landmark_error"] = metrics.landmark_regression_error(
+            centers_train, truth_train["landmarks"], centers, truth["landmarks"], normalize=normalize,
+            visible_test=truth["visible"], bbox_test=truth["bbox"] if normalize == "bbox" else None)
+    return {k: float(v) for k, v in out.items()}
+
+
+def split_predictions(pred: Mapping[str, torch.Tensor], n_first: int):
+    """Split a dict of predictions made on ``cat([first, second])`` back into the two parts."""
+    first = {k: v[:n_first] for k, v in pred.items() if torch.is_tensor(v) and v.dim() > 0}
+    second = {k: v[n_first:] for k, v in pred.items() if torch.is_tensor(v) and v.dim() > 0}
+    return first, second
+
+
+def format_table(results: Mapping[str, Mapping[str, float]], columns: Sequence[str] = BENCHMARK_METRICS) -> str:
+    """A plain-text table: one row per method, one column per metric (arrows say which way is better)."""
+    columns = [c for c in columns if any(c in r for r in results.values())]
+    width = max([len("method")] + [len(name) for name in results])
+    head = "method".ljust(width) + "".join(f"{c + (' ↑' if HIGHER_IS_BETTER.get(c, True) else ' ↓'):>17s}"
+                                           for c in columns)
+    lines = [head, "-" * len(head)]
+    for name, row in results.items():
+        cells = "".join(f"{row[c]:17.3f}" if c in row else f"{'-':>17s}" for c in columns)
+        lines.append(name.ljust(width) + cells)
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from partlab import evaluation
+from partlab.data import SyntheticParts, stack_dataset
+
+
+@pytest.fixture(scope="module")
+def split():
+    train = stack_dataset(SyntheticParts("bird", size=32, length=40, seed=0, split="train"))
+    test = stack_dataset(SyntheticParts("bird", size=32, length=12, seed=0, split="test"))
+    return train, test
+
+
+def perfect(batch, k):
+    probs = F.one_hot(batch["parts"], k + 1).permute(0, 3, 1, 2).float()
+    return {"probs": probs, "labels": batch["parts"].clone()}
+
+
+def test_perfect_prediction_scores_one(split):
+    train, test = split
+    scores = evaluation.score_parts(perfect(test, 6), test, pred_train=perfect(train, 6), truth_train=train,
+                                    category="bird")
+    for key in ("fg_ari", "fg_nmi", "ari", "nmi", "miou", "fg_iou"):
+        assert scores[key] == pytest.approx(1.0, abs=1e-6), key
+    # keypoint scores compare parts with keypoint identities: several landmarks share a part (crown,
+    # nape and eye lie on the head), so even the true labels stay below 1 - they are the ceiling
+    assert 0.5 < scores["kp_fg_nmi"] < 1.0
+    assert 0.0 <= scores["landmark_error"] < 0.25
+
+
+def test_permuted_labels_score_the_same_and_noise_scores_low(split):
+    _, test = split
+    perm = torch.tensor([0, 3, 1, 2, 6, 4, 5])
+    pred = perfect(test, 6)
+    permuted = {"labels": perm[pred["labels"]], "probs": pred["probs"][:, torch.argsort(perm)]}
+    scores = evaluation.score_parts(permuted, test)
+    assert scores["miou"] == pytest.approx(1.0) and scores["fg_ari"] == pytest.approx(1.0)
+    noise = torch.randint(0, 7, test["parts"].shape, generator=torch.Generator().manual_seed(0))
+    low = evaluation.score_parts({"labels": noise}, test)
+    assert low["fg_ari"] < 0.05 and "landmark_error" not in low
+
+
+def test_predict_dataset_and_table(split):
+    _, test = split
+
+    class Constant(torch.nn.Module):
+        def predict(self, images):
+            probs = torch.full((len(images), 3, *images.shape[-2:]), 1 / 3)
+            return {"probs": probs, "labels": probs.argmax(1)}
+
+    pred = evaluation.predict_dataset(Constant(), test["image"], batch_size=5, device="cpu")
+    assert pred["probs"].shape == (12, 3, 32, 32) and pred["centers"].shape == (12, 2, 2)
+    assert torch.allclose(pred["centers"], torch.zeros(12, 2, 2), atol=1e-6)
+    table = evaluation.format_table({"oracle": {"fg_ari": 0.9, "landmark_error": 0.05}, "kmeans": {"fg_ari": 0.2}})
+    assert "fg_ari ↑" in table and "landmark_error ↓" in table and "0.900" in table
+    first, second = evaluation.split_predictions(pred, 5)
+    assert len(first["labels"]) == 5 and len(second["labels"]) == 7
