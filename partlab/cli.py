@@ -2,8 +2,17 @@
 
     partlab info                               what partlab will use here (device, features, data)
     partlab render --category bird -n 16 out.png   a grid of synthetic samples with part overlays
+    partlab train {oracle,scops} [--category bird] [--size 64] [--steps N] [--out DIR] [--resume] ...
+                                               train on the synthetic world into a run folder
+    partlab evaluate --run DIR [--run DIR2] [--baseline kmeans|dff] [--json out.json]
+                                               one benchmark table (partlab.evaluation) on the synthetic test split
+    partlab segment --run DIR IMAGE... [--out DIR]  part overlays and label maps of your own PNG/JPG images
     partlab notebooks run [--quick] [--only NAME] [-p KEY VALUE] [--html]   the curriculum (papermill)
     partlab notebooks list
+
+A run folder (``--out`` of ``partlab train``) holds the checkpoint ``last.pt`` and ``model.json``,
+from which :func:`partlab.methods.load_method` rebuilds the model. Quick mode (CPU, minutes) is the
+default; full mode is ``partlab train scops --size 256 --network deeplab --amp`` on a GPU.
 
 Errors a user can fix (a missing folder, a bad argument) print one line and exit with status 2.
 """
@@ -11,8 +20,14 @@ Errors a user can fix (a missing folder, a bad argument) print one line and exit
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
+
+TRAIN_METHODS = ("oracle", "scops")
+FEATURE_CHOICES = ("auto", "standin", "vgg19", "rgb")
+_RECORD_KEYS = ("step", "lr", "seconds", "skipped")   # history entries that are not loss terms
 
 
 def _cmd_info(args) -> int:
@@ -48,13 +63,319 @@ def _cmd_render(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# partlab train
+# ---------------------------------------------------------------------------------------------
+
+
+def _network_kwargs(network: str) -> dict:
+    """The quick-mode U-Net of ``scops_quick_setup`` (the oracle gets the same one), or DeepLab with
+    ImageNet weights when they are in the local cache."""
+    return {"base_channels": 16, "depth": 3} if network == "unet" else {"pretrained": "auto"}
+
+
+def oracle_setup(category: str, size: int, n_train: int, seed: int, network: str, device: str):
+    """``(model, train_dataset, info)`` for the supervised oracle, shaped like ``scops_quick_setup``'s:
+    the same network and training budget (``QUICK_FIT``), trained on the true part labels."""
+    import torch
+
+    from partlab import utils
+    from partlab.data.synthetic import SyntheticParts
+    from partlab.methods import SupervisedOracle
+    from partlab.methods.scops import QUICK_FIT
+
+    dev = utils.device(device)
+    dataset = SyntheticParts(category, size=size, length=n_train, seed=seed, split="train")
+    torch.manual_seed(seed)
+    model = SupervisedOracle(dataset.num_parts, network=network, **_network_kwargs(network))
+    info = {"category": category, "size": size, "n_train": n_train, "num_parts": dataset.num_parts,
+            "device": utils.describe_device(dev), "fit": dict(QUICK_FIT, device=str(dev), seed=seed)}
+    return model, dataset, info
+
+
+def _training_setup(args, out: Path):
+    if args.method == "oracle":
+        return oracle_setup(args.category, args.size, args.n_train, args.seed, args.network, args.device)
+    from partlab.methods.scops import scops_quick_setup
+
+    saliency_path = out / "saliency_rbd.pt" if args.saliency == "rbd" else None   # rbd is slow: cache it
+    return scops_quick_setup(args.category, size=args.size, n_train=args.n_train, seed=args.seed,
+                             features=args.features, saliency=args.saliency, device=args.device,
+                             network=args.network, saliency_path=saliency_path, **_network_kwargs(args.network))
+
+
+def _fit_settings(recipe: dict, args, out: Path) -> dict:
+    """The recipe's ``fit`` keyword arguments with the command line's overrides."""
+    settings = dict(recipe)
+    overrides = {"max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
+    settings.update({name: value for name, value in overrides.items() if value is not None})
+    settings.update(amp=args.amp, checkpoint_dir=str(out), resume=args.resume)
+    return settings
+
+
+def _check_run_folder(out: Path, resume: bool) -> None:
+    from partlab.train import CHECKPOINT_NAME
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run")
+    if (out / CHECKPOINT_NAME).exists() and not resume:
+        raise ValueError(f"{out} already holds a trained run ({CHECKPOINT_NAME}); pass --resume to continue it, "
+                         f"or choose another --out")
+
+
+def _check_resumed_run(out: Path, model, info: dict, args) -> None:
+    """A resumed run must rebuild the model it saved: same method, data, features, saliency and
+    constructor arguments (:func:`partlab.train.fit` checks the optimisation settings)."""
+    from partlab.methods.runs import MODEL_JSON, constructor_kwargs, read_model_json
+
+    if not (out / MODEL_JSON).is_file():
+        return
+    saved = read_model_json(out)
+    now = {"method": type(model).__name__, "category": args.category, "size": args.size,
+           "kwargs": constructor_kwargs(model), "features": info.get("features")}
+    differences = [f"{key}: saved {saved.get(key)!r} -> now {value!r}" for key, value in now.items()
+                   if saved.get(key) != value]
+    saved_info = saved.get("info", {})
+    differences += [f"{key}: saved {saved_info.get(key)!r} -> now {info.get(key)!r}" for key in ("n_train", "saliency")
+                    if saved_info.get(key) != info.get(key)]
+    if differences:
+        raise ValueError(f"cannot resume {out}: it was trained with other settings ({'; '.join(differences)}); "
+                         f"use the same settings, or another --out")
+
+
+def _format_terms(record: dict) -> str:
+    return "  ".join(f"{name} {value:.4g}" for name, value in record.items() if name not in _RECORD_KEYS)
+
+
+def _cmd_train(args) -> int:
+    from partlab.methods.runs import MODEL_JSON, save_model_json
+    from partlab.train import CHECKPOINT_NAME, fit
+
+    out = Path(args.out or f"runs/{args.method}_{args.category}")
+    _check_run_folder(out, args.resume)
+    model, dataset, info = _training_setup(args, out)
+    if args.resume:
+        _check_resumed_run(out, model, info, args)
+    backbone = getattr(model.network, "weights_used", None)
+    if backbone is not None:
+        info["backbone"] = backbone
+    settings = _fit_settings(info["fit"], args, out)
+    info["fit"] = settings
+    features = info.get("features")
+    json_path = out / MODEL_JSON
+    if not (args.resume and json_path.is_file()):  # a resumed run keeps the description it started with
+        save_model_json(out, model, category=args.category, size=args.size, features=features, info=info)
+    print(f"partlab train {args.method}: {args.category}, {args.size} px, {args.n_train} train images, "
+          f"{settings['max_steps']} steps of {settings['batch_size']} at lr {settings['lr']:g} on {info['device']}")
+    for name, value in (("features", features), ("saliency", info.get("saliency")), ("backbone", backbone)):
+        if value is not None:
+            print(f"  {name}: {value}")
+    fit(model, dataset, **settings)
+    record = model.history[-1]
+    print(f"wrote {out / CHECKPOINT_NAME} (step {record['step']}) and {json_path}")
+    print(f"final loss terms (step {record['step']}): {_format_terms(record)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# partlab evaluate
+# ---------------------------------------------------------------------------------------------
+
+
+def _pick(name: str, given, from_runs: list):
+    """``given`` if set, else the one value the runs agree on (``None`` without runs)."""
+    if given is not None:
+        return given
+    values = sorted(set(from_runs), key=str)
+    if len(values) > 1:
+        raise ValueError(f"the runs were trained with different {name}s {values}; pass --{name} to pick the "
+                         f"test data")
+    return values[0] if values else None
+
+
+def _unique_name(name: str, taken) -> str:
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name} ({n})", n + 1
+    return candidate
+
+
+def _cmd_evaluate(args) -> int:
+    from partlab import evaluation
+    from partlab.data.synthetic import num_parts
+    from partlab.methods import load_method
+    from partlab.methods.runs import jsonable
+
+    if not args.run and not args.baseline:
+        raise ValueError("nothing to evaluate: give --run DIR (a folder from `partlab train scops --out DIR`) "
+                         "and/or --baseline kmeans|dff")
+    runs = [load_method(path) for path in args.run]
+    category = _pick("category", args.category, [meta["category"] for _, meta in runs]) or "bird"
+    size = _pick("size", args.size, [meta["size"] for _, meta in runs]) or 64
+    train, test = evaluation.benchmark_splits(category, size=size, n_train=args.n_train, n_test=args.n_test,
+                                              seed=args.seed)
+    print(f"partlab evaluate: synthetic {category}, {size} px: {args.n_test} test images, {args.n_train} train "
+          f"images (landmark regression)")
+    results: Dict[str, Dict[str, float]] = {}
+    for model, meta in runs:
+        name = _unique_name(Path(meta["run_dir"]).resolve().name, results)
+        if (meta["category"], meta["size"]) != (category, size):
+            print(f"  note: {name} was trained on {meta['category']} at {meta['size']} px")
+        results[name], _ = evaluation.score_model(model, train, test, category=category, device=args.device)
+    if args.baseline:
+        from partlab.features import get_extractor
+
+        extractor = get_extractor(args.features, device=args.device)
+        for baseline in args.baseline:
+            name = _unique_name(f"{baseline} ({extractor.name})", results)
+            results[name], _ = evaluation.score_baseline(baseline, train, test, category=category,
+                                                         num_parts=num_parts(category), extractor=extractor,
+                                                         seed=args.seed)
+    print(evaluation.format_table(results))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# partlab segment
+# ---------------------------------------------------------------------------------------------
+
+
+def read_image(path: str | Path):
+    """A PIL RGB image; ``FileNotFoundError`` / ``ValueError`` naming the path when it is not one."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an image")
+    if not path.is_file():
+        raise FileNotFoundError(f"no image at {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{path} is not an image partlab can read (PNG or JPG): {exc}") from None
+
+
+def segment_images(model, pictures: list, size: int, device: str = "auto") -> list:
+    """Label maps ``(H, W)`` (int64, 0 = background) of PIL images at their own size: each image is
+    resized (not cropped) to ``size`` x ``size``, predicted, and the labels scaled back (nearest)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from partlab.evaluation import predict_dataset
+
+    images = torch.stack([torch.from_numpy(np.asarray(p.resize((size, size), Image.BILINEAR), dtype=np.float32)
+                                           / 255.0).permute(2, 0, 1) for p in pictures])   # (N, 3, size, size)
+    labels = predict_dataset(model, images, device=device)["labels"]                      # (N, size, size)
+    return [F.interpolate(lab[None, None].float(), size=(p.height, p.width), mode="nearest")[0, 0].long()
+            for lab, p in zip(labels, pictures)]
+
+
+def write_segmentation(picture, labels, out: Path, name: str) -> tuple[Path, Path]:
+    """``<name>_parts.png`` (overlay) and ``<name>_labels.png`` (pixel value = label, coloured with the
+    palette of :mod:`partlab.viz`) in ``out``."""
+    import numpy as np
+    from PIL import Image
+
+    from partlab import viz
+
+    image = np.asarray(picture, dtype=np.float32) / 255.0                                  # (H, W, 3)
+    overlay = (viz.overlay(image, labels) * 255).round().astype(np.uint8)
+    parts_path, labels_path = out / f"{name}_parts.png", out / f"{name}_labels.png"
+    Image.fromarray(overlay).save(parts_path)
+    label_image = Image.fromarray(labels.numpy().astype(np.uint8))
+    label_image.putpalette((viz.PALETTE * 255).round().astype(np.uint8).ravel().tolist())  # mode L -> P
+    label_image.save(labels_path)
+    return parts_path, labels_path
+
+
+def _cmd_segment(args) -> int:
+    from partlab.methods import load_method
+
+    pictures = [read_image(path) for path in args.images]
+    model, meta = load_method(args.run)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path, picture, labels in zip(args.images, pictures, segment_images(model, pictures, meta["size"],
+                                                                           args.device)):
+        parts_path, labels_path = write_segmentation(picture, labels, out, Path(path).stem)
+        print(f"wrote {parts_path} and {labels_path} ({meta['method']}, {meta['size']} px)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# partlab notebooks
+# ---------------------------------------------------------------------------------------------
+
+
 def _cmd_notebooks(args) -> int:
     from partlab.notebooks.__main__ import main as notebooks_main
 
     return notebooks_main(args.rest, prog="partlab notebooks")
 
 
-COMMANDS: Dict[str, Callable] = {"info": _cmd_info, "render": _cmd_render, "notebooks": _cmd_notebooks}
+COMMANDS: Dict[str, Callable] = {"info": _cmd_info, "render": _cmd_render, "train": _cmd_train,
+                                  "evaluate": _cmd_evaluate, "segment": _cmd_segment, "notebooks": _cmd_notebooks}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_train_parser(sub) -> None:
+    train = sub.add_parser("train", help="train a method on the synthetic world into a run folder")
+    train.add_argument("method", choices=TRAIN_METHODS)
+    train.add_argument("--category", default="bird")
+    train.add_argument("--size", type=_positive_int, default=64, help="image size in pixels (full mode: 256)")
+    train.add_argument("--n-train", type=_positive_int, default=512, help="number of training images")
+    train.add_argument("--steps", type=_positive_int, help="optimisation steps (default: the quick recipe's)")
+    train.add_argument("--batch-size", type=_positive_int, help="default: the quick recipe's")
+    train.add_argument("--lr", type=float, help="learning rate (default: the quick recipe's)")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--features", choices=FEATURE_CHOICES, default="auto", help="SCOPS' semantic features")
+    train.add_argument("--saliency", choices=("rbd", "oracle", "none"), default="rbd", help="SCOPS' saliency maps")
+    train.add_argument("--network", choices=("unet", "deeplab"), default="unet")
+    train.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    train.add_argument("--out", help="run folder (default: runs/<method>_<category>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+
+
+def _add_evaluate_parser(sub) -> None:
+    evaluate = sub.add_parser("evaluate", help="benchmark table of trained runs and baselines on synthetic data")
+    evaluate.add_argument("--run", action="append", default=[], metavar="DIR",
+                          help="a run folder from `partlab train` (repeatable)")
+    evaluate.add_argument("--baseline", action="append", default=[], choices=("kmeans", "dff"),
+                          help="a training-free baseline (repeatable)")
+    evaluate.add_argument("--category", help="default: the runs' category, else bird")
+    evaluate.add_argument("--size", type=_positive_int, help="default: the runs' size, else 64")
+    evaluate.add_argument("--n-test", type=_positive_int, default=200)
+    evaluate.add_argument("--n-train", type=_positive_int, default=200, help="train images for landmark regression")
+    evaluate.add_argument("--features", choices=FEATURE_CHOICES, default="auto", help="the baselines' features")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the baselines")
+    evaluate.add_argument("--json", metavar="FILE", help="also write {method: metrics} to this JSON file")
+
+
+def _add_segment_parser(sub) -> None:
+    segment = sub.add_parser("segment", help="part overlays and label maps of PNG/JPG images")
+    segment.add_argument("--run", required=True, metavar="DIR", help="a run folder from `partlab train`")
+    segment.add_argument("images", nargs="+", metavar="IMAGE")
+    segment.add_argument("--out", default=".", help="folder for <name>_parts.png and <name>_labels.png")
+    segment.add_argument("--device", default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--size", type=int, default=64)
     render.add_argument("--seed", type=int, default=0)
     render.add_argument("--split", default="train")
+    _add_train_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_segment_parser(sub)
     nb = sub.add_parser("notebooks", help="run or list the curriculum notebooks (see `partlab notebooks -h`)",
                         add_help=False)
     nb.add_argument("rest", nargs=argparse.REMAINDER)

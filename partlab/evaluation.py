@@ -111,3 +111,67 @@ def format_table(results: Mapping[str, Mapping[str, float]], columns: Sequence[s
         cells = "".join(f"{row[c]:17.3f}" if c in row else f"{'-':>17s}" for c in columns)
         lines.append(name.ljust(width) + cells)
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# the synthetic benchmark end to end: data, baselines, oracle
+# ---------------------------------------------------------------------------------------------
+
+BASELINES = ("kmeans", "dff")
+
+
+def benchmark_splits(category: str = "bird", size: int = 64, n_train: int = 200, n_test: int = 200,
+                     seed: int = 0, config=None):
+    """The synthetic benchmark's train and test splits of ``category``, each stacked into one dict of
+    tensors (``image``, ``parts``, ``fg``, ``landmarks``, ``visible``, ``bbox``, ...). The train split
+    only fits the landmark regressors (and trains the oracle); every score is on the test split."""
+    from partlab.data import SyntheticParts, stack_dataset
+
+    train = stack_dataset(SyntheticParts(category, size=size, length=n_train, seed=seed, split="train", config=config))
+    test = stack_dataset(SyntheticParts(category, size=size, length=n_test, seed=seed, split="test", config=config))
+    return train, test
+
+
+def baseline_parts(name: str, images: torch.Tensor, fg: torch.Tensor, num_parts: int, *, extractor=None,
+                   features: str = "auto", device="auto", seed: int = 0) -> Dict[str, torch.Tensor]:
+    """K-means or DFF part maps of a collection (true foreground as the background split, as in the
+    contrastive paper's K-means baseline) -> dict(probs, labels, centers).
+
+    Features: ``extractor`` or :func:`partlab.features.get_extractor` ``(features)``, with the
+    extractor's ``"kmeans"`` / ``"dff"`` layer recipe, at the resolution of the recipe's largest map.
+    """
+    from partlab import baselines
+    from partlab.features import extract_features, get_extractor
+
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choices: {list(BASELINES)}")
+    extractor = extractor if extractor is not None else get_extractor(features, device=device)
+    if name == "kmeans":
+        feats = extract_features(extractor, images, layers=extractor.layers_for(name))
+        out = baselines.kmeans_parts(feats, fg, num_parts, seed=seed)
+    else:
+        out = baselines.dff_parts(images, num_parts, fg=fg, seed=seed, extractor=extractor,
+                                  layers=extractor.layers_for(name))
+    return {"probs": out["probs"], "labels": out["labels"], "centers": centers_of(out["probs"])}
+
+
+def score_baseline(name: str, train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor], *,
+                   category: Optional[str] = None, num_parts: Optional[int] = None, **kwargs):
+    """Fit a baseline on the train and test images together (a collection-level method), score the
+    test part -> (metrics, test predictions)."""
+    k = int(num_parts) if num_parts is not None else int(test["parts"].max())
+    n = len(train["image"])
+    pred = baseline_parts(name, torch.cat([train["image"], test["image"]]), torch.cat([train["fg"], test["fg"]]),
+                          k, **kwargs)
+    pred_train, pred_test = split_predictions(pred, n)
+    scores = score_parts(pred_test, test, pred_train=pred_train, truth_train=train, category=category)
+    return scores, pred_test
+
+
+def score_model(model, train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor], *,
+                category: Optional[str] = None, device="auto", batch_size: int = 32):
+    """``model.predict`` on both splits, scored on the test split -> (metrics, test predictions)."""
+    pred_train = predict_dataset(model, train["image"], batch_size=batch_size, device=device)
+    pred_test = predict_dataset(model, test["image"], batch_size=batch_size, device=device)
+    scores = score_parts(pred_test, test, pred_train=pred_train, truth_train=train, category=category)
+    return scores, pred_test

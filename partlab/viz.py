@@ -159,6 +159,70 @@ def show_part_maps(probs, *, image=None, names: Optional[Sequence[str]] = None, 
     return fig
 
 
+def soft_colorize(probs) -> np.ndarray:
+    """Soft part maps ``(K+1, H, W)`` -> colours ``(H, W, 3)``: each pixel mixes the :data:`PALETTE`
+    colours of its channels, weighted by their probabilities (channel 0 = background, dark grey).
+
+    A one-hot map gives :func:`colorize` of its argmax; a uniform map gives the mean colour.
+    """
+    probs = _numpy(probs).astype(np.float32)
+    if probs.ndim != 3 or not 1 <= probs.shape[0] <= len(PALETTE):
+        raise ValueError(f"expected part maps of shape (K+1, H, W) with K+1 <= {len(PALETTE)}, got {probs.shape}")
+    return np.clip(np.einsum("khw,kc->hwc", probs, PALETTE[: probs.shape[0]]), 0.0, 1.0)
+
+
+def draw_centers(ax, centers, size: Sequence[int], s: float = 60.0, marker: str = "X") -> None:
+    """Draw part centres ``(K, 2)`` (normalised ``(x, y)``, part k+1 in row k) in their part colours
+    on an axis showing an image of ``size = (H, W)``."""
+    centers = _numpy(centers).astype(np.float32)
+    if centers.ndim != 2 or centers.shape[1] != 2:
+        raise ValueError(f"expected centres of shape (K, 2), got {centers.shape}")
+    h, w = size
+    colours = PALETTE[1 + np.arange(len(centers)) % (len(PALETTE) - 1)]
+    ax.scatter(((centers[:, 0] + 1) * w - 1) / 2, ((centers[:, 1] + 1) * h - 1) / 2, c=colours, s=s,
+               marker=marker, edgecolors="white", linewidths=1.0, zorder=3)
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+
+
+def show_soft_parts(probs, *, images=None, centers=None, titles: Optional[Sequence[str]] = None, ncols: int = 8,
+                    alpha: float = 0.7, cell: float = 1.6):
+    """A grid of soft part maps, optionally over images and with the part centres marked.
+
+    Args:
+        probs: ``(N, K+1, H, W)`` part maps (softmax over channels, channel 0 background).
+        images: optional ``(N, 3, H, W)`` in [0, 1]; part colours are blended over them with weight
+            ``alpha * (1 - background probability)``. Without images, :func:`soft_colorize`.
+        centers: optional ``(N, K, 2)`` normalised part centres, drawn with :func:`draw_centers`.
+        titles: one per map.
+    Returns:
+        the matplotlib figure.
+    """
+    probs = _numpy(probs).astype(np.float32)
+    if probs.ndim != 4 or len(probs) == 0:
+        raise ValueError(f"expected part maps of shape (N, K+1, H, W) with N >= 1, got {probs.shape}")
+    n, _, h, w = probs.shape
+    for name, value, shape in (("images", images, (n, 3, h, w)), ("centers", centers, (n, probs.shape[1] - 1, 2))):
+        if value is not None and tuple(_numpy(value).shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} to match probs {probs.shape}, got {tuple(value.shape)}")
+    ncols = max(1, min(ncols, n))
+    fig, axes = _grid(n, ncols, cell)
+    for i in range(n):
+        ax = axes[i // ncols, i % ncols]
+        shown = soft_colorize(probs[i])
+        if images is not None:
+            weight = alpha * (1.0 - probs[i, 0])[..., None]                # (H, W, 1)
+            colours = soft_colorize(np.concatenate([np.zeros_like(probs[i, :1]), probs[i, 1:]]))
+            shown = (1 - weight) * to_hwc(images[i]) + alpha * colours
+        ax.imshow(np.clip(shown, 0.0, 1.0), interpolation="nearest")
+        if centers is not None:
+            draw_centers(ax, centers[i], (h, w), s=max(12.0, 30.0 * cell / 1.6))
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def part_legend(ax, names: Sequence[str], loc: str = "upper right") -> None:
     """A legend mapping palette colours to part names (``names[0]`` is the background)."""
     from matplotlib.patches import Patch
@@ -198,6 +262,39 @@ def bar_chart(results: Mapping[str, Mapping[str, float]], metrics: Sequence[str]
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def confusion(pred_labels, true_labels, *, pred_names: Optional[Sequence[str]] = None,
+              true_names: Optional[Sequence[str]] = None, ax=None, title: str = ""):
+    """Row-normalised co-occurrence of true parts (rows) and predicted parts (columns) over all pixels.
+
+    A co-part segmentation need not use the true label numbers: a good one has one bright cell per
+    row (each true part falls into one predicted part), in any column order. Pixels with a true
+    label of 0 (background) are left out; row k shows where the pixels of true part k went.
+    """
+    import matplotlib.pyplot as plt
+
+    pred = _numpy(pred_labels).astype(np.int64).ravel()
+    true = _numpy(true_labels).astype(np.int64).ravel()
+    if pred.shape != true.shape:
+        raise ValueError(f"pred_labels and true_labels must have the same shape, got {pred.size} vs {true.size} pixels")
+    keep = true > 0
+    rows, cols = int(true.max(initial=0)) + 1, int(pred.max(initial=0)) + 1
+    table = np.zeros((rows, cols))
+    np.add.at(table, (true[keep], pred[keep]), 1)
+    table = table[1:] / np.maximum(table[1:].sum(1, keepdims=True), 1)        # (K_true, K_pred)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.2 + 0.45 * cols, 1.0 + 0.4 * rows))
+    image = ax.imshow(table, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(cols), pred_names if pred_names is not None else [str(c) for c in range(cols)],
+                  rotation=45 if pred_names is not None else 0)
+    ax.set_yticks(range(rows - 1), true_names[1:] if true_names is not None else [str(r) for r in range(1, rows)])
+    ax.set_xlabel("predicted part")
+    ax.set_ylabel("true part")
+    if title:
+        ax.set_title(title)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046)
+    return ax
 
 
 def save_figure(fig, path: "str | Path", dpi: int = 110) -> Path:

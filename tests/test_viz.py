@@ -48,3 +48,39 @@ def test_figures_draw(tmp_path):
     fig = viz.bar_chart({"full": {"ari": 0.5, "err": 0.1}, "w/o": {"ari": 0.3, "err": 0.2}}, ["ari", "err"],
                         higher_is_better={"ari": True, "err": False})
     assert fig.axes[0].get_xticklabels()[0].get_text() == "ari ↑"
+
+
+def test_soft_colorize_mixes_palette_colours():
+    onehot = torch.nn.functional.one_hot(torch.tensor([[0, 2], [1, 0]]), 3).permute(2, 0, 1).float()
+    np.testing.assert_allclose(viz.soft_colorize(onehot), viz.colorize(np.array([[0, 2], [1, 0]])), atol=1e-6)
+    half = torch.tensor([0.0, 0.5, 0.5]).view(3, 1, 1)
+    np.testing.assert_allclose(viz.soft_colorize(half)[0, 0], 0.5 * (viz.PALETTE[1] + viz.PALETTE[2]), atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(K\+1, H, W\)"):
+        viz.soft_colorize(np.zeros((4, 4)))
+
+
+def test_show_soft_parts_draws_maps_images_and_centres():
+    probs = torch.softmax(torch.randn(3, 4, 10, 12), dim=1)
+    centers = torch.zeros(3, 3, 2)
+    centers[:, 0] = torch.tensor([-1.0, -1.0])                     # the top-left image corner
+    fig = viz.show_soft_parts(probs, images=torch.rand(3, 3, 10, 12), centers=centers, titles=["a", "b", "c"])
+    assert len(fig.axes) == 3 and fig.axes[0].get_title() == "a"
+    offsets = fig.axes[0].collections[0].get_offsets()
+    np.testing.assert_allclose(offsets[0], [-0.5, -0.5])            # pixel coordinates of the corner
+    assert len(viz.show_soft_parts(probs[:1]).axes) == 1
+    with pytest.raises(ValueError, match="centers must have shape"):
+        viz.show_soft_parts(probs, centers=torch.zeros(3, 2, 2))
+
+
+def test_confusion_rows_are_where_each_true_part_went():
+    import matplotlib.pyplot as plt
+
+    true = np.array([[0, 1, 1], [2, 2, 2]])
+    pred = np.array([[3, 2, 2], [1, 1, 2]])
+    ax = viz.confusion(pred, true, true_names=["bg", "a", "b"])
+    table = ax.images[0].get_array()
+    assert table.shape == (2, 4)
+    assert np.allclose(table[0], [0, 0, 1, 0]) and np.allclose(table[1], [0, 2 / 3, 1 / 3, 0])
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="same shape"):
+        viz.confusion(pred[:1], true)

@@ -1,11 +1,13 @@
 """Part-segmentation methods: ``nn.Module``s with ``losses(batch)`` and ``predict(images)``.
 
 See :mod:`partlab.methods.base` for the interface and :func:`partlab.train.fit` for the loop that
-trains every one of them.
+trains every one of them; :func:`load_method` rebuilds a trained one from its run folder
+(:mod:`partlab.methods.runs`).
 """
 
 from partlab.methods.base import PartSegmenter, check_images
 from partlab.methods.oracle import SupervisedOracle
 from partlab.methods.scops import SCOPS
+from partlab.methods.runs import METHODS, load_method
 
-__all__ = ["PartSegmenter", "SCOPS", "SupervisedOracle", "check_images"]
+__all__ = ["METHODS", "PartSegmenter", "SCOPS", "SupervisedOracle", "check_images", "load_method"]

@@ -10,6 +10,9 @@ A method is an ``nn.Module`` with
 
 Optional hooks read by :func:`partlab.train.fit`: ``param_groups(config)`` (per-group lr, momentum,
 weight decay, ``"clip"``) and ``on_step(step)`` (called after each optimiser step).
+
+Every method remembers the arguments it was built with (``init_args``), so that a trained model can
+be written to a run folder and rebuilt later (:mod:`partlab.methods.runs`).
 """
 
 from __future__ import annotations
@@ -46,6 +49,13 @@ class PartSegmenter(nn.Module, abc.ABC):
     """
 
     check_images = staticmethod(check_images)
+
+    def __new__(cls, *args, **kwargs):
+        # Record the constructor arguments, (args, kwargs), before any subclass __init__ runs:
+        # partlab.methods.runs.constructor_kwargs reads them to describe how to rebuild the model.
+        self = super().__new__(cls)
+        object.__setattr__(self, "init_args", (args, dict(kwargs)))
+        return self
 
     def __init__(self, num_parts: int) -> None:
         super().__init__()

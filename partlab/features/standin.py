@@ -1,0 +1,270 @@
+"""partlab's offline stand-in for ImageNet VGG19 features: a small VGG-style CNN trained label-free.
+
+Why it exists: SCOPS' semantic consistency, the contrastive method's feature loss and the DFF /
+K-means baselines all need "pretrained" CNN features, and no machine here can download ImageNet
+weights. The stand-in is trained by partlab itself on synthetic images, **without part labels,
+masks, landmarks or categories**: only images and the random warps partlab applies to them.
+
+Training task (dense equivariant contrast, one image at a time). Two views of an image: ``x1`` =
+colour-augmented image, ``x2`` = a differently augmented image warped by a random similarity + TPS
+``T`` (partlab.geometry). A projection head ``g`` on ``[relu3_2, relu5_2]`` gives unit embeddings
+``e1, e2``; ``warp(e1, T)`` puts view 1's embeddings at view 2's pixels. For ``P`` pixels ``p``
+sampled inside the valid region of each image, InfoNCE with the *other pixels of the same image*
+as negatives::
+
+    L = - mean_p log( exp(<e2_p, e1'_p> / t) / sum_q exp(<e2_p, e1'_q> / t) ),   e1' = warp(e1, T)
+
+To solve it a feature must say *where on the object* a pixel lies, from its context, whatever the
+colours: the augmentation permutes colour channels and greys out images, so colour alone cannot
+identify a pixel. That is the property part discovery needs (nearby pixels of one part look alike,
+different parts differ, across instances), and the one the baselines measure.
+
+Architecture: VGG-style 3x3 conv + ReLU blocks named like VGG19's (``relu1_1`` ... ``relu5_2``);
+two max-pools (stride 4 from block 3 on), blocks 4 and 5 dilated (2, 4) to widen the receptive
+field without losing resolution. ImageNet mean/std normalisation in front, as for VGG19.
+
+Files: ``data/standin/standin_v1.pt`` (fp16 weights + config + training record) and
+``data/standin/TRAINING.json`` (the record, readable). Rebuild both with::
+
+    python -m partlab.features build-standin            # about 10 minutes on 2 CPU cores (800 steps)
+
+``PARTLAB_STANDIN=/path/to/file.pt`` points partlab at another file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from partlab import utils
+from partlab.features.extractors import VGG19_RECIPES, _file_tag, _NormalisedSequential
+
+STANDIN_FILE = "standin_v1.pt"
+
+# (layer suffix, output channels, dilation, max-pool after)
+STANDIN_LAYOUT = (
+    ("1_1", 24, 1, False), ("1_2", 24, 1, True),
+    ("2_1", 48, 1, False), ("2_2", 48, 1, True),
+    ("3_1", 96, 1, False), ("3_2", 96, 1, False),
+    ("4_1", 96, 2, False), ("4_2", 96, 2, False),
+    ("5_1", 96, 4, False), ("5_2", 96, 4, False),
+)
+
+# Roles of the VGG19 recipes mapped onto the stand-in's layers (same weights as on VGG19).
+# The "high" role (VGG19's relu5_4) is relu4_2: block 5 feeds the pretext head and specialises in
+# the pretext task (as layers right under a contrastive projection head do). Chosen on the synthetic
+# world's *validation* split, K-means / DFF FG-ARI per layer (200 images, 64 px, file of 2026-11-21):
+#            relu3_2    relu4_1    relu4_2    relu5_1    relu5_2
+#   bird     .03/.02    .04/.05    .15/.14    .09/.10    .12/.10
+#   quadr.   .04/.02    .08/.03    .18/.21    .14/.15    .20/.13
+#   figure   .08/.09    .11/.11    .27/.25    .26/.28    .29/.29
+#   face     .02/.02    .09/.06    .21/.18    .14/.15    .14/.17
+STANDIN_RECIPES: Dict[str, Dict[str, float]] = {
+    "scops": {"relu4_2": 1.0, "relu5_2": 1.0},                  # VGG19: relu5_2 + relu5_4
+    "contrastive": {"relu3_2": 0.33, "relu4_2": 1.0},           # VGG19: relu3_2 x .33 + relu5_4
+    "kmeans": {"relu3_2": 0.33, "relu4_2": 1.0},
+    "dff": {"relu4_2": 1.0},                                    # VGG19: relu5_4
+    "perceptual": {f"relu{b}_1": 10.0 for b in range(1, 6)},    # VGG19: relu1_1 .. relu5_1
+}
+assert set(STANDIN_RECIPES) == set(VGG19_RECIPES)
+
+# Training recipe of the shipped file (python -m partlab.features build-standin).
+STANDIN_TRAINING = {
+    "images": 3000, "size": 64, "categories": "all", "seed": 0, "steps": 800, "batch_size": 24,
+    "lr": 1e-3, "temperature": 0.2, "pixels_per_image": 48,
+    "warp": {"rotation": 30.0, "scale": [0.8, 1.25], "translation": 0.1},
+    "jitter": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1},
+    "channel_permutation": True, "grayscale_p": 0.3,
+}
+
+
+class StandinMissing(FileNotFoundError):
+    """The stand-in weights file is not where partlab expects it."""
+
+
+def standin_path() -> Path:
+    """The stand-in weights: ``$PARTLAB_STANDIN`` if set, else ``<repo>/data/standin/standin_v1.pt``."""
+    env = os.environ.get("PARTLAB_STANDIN")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "data" / "standin" / STANDIN_FILE
+
+
+def standin_network(layout: Sequence = STANDIN_LAYOUT) -> tuple[nn.Sequential, Dict[str, int]]:
+    """The untrained stand-in: ``(features, {relu name: index in features})``."""
+    modules: list = []
+    index: Dict[str, int] = {}
+    channels = 3
+    for name, out, dilation, pool in layout:
+        modules += [nn.Conv2d(channels, out, 3, padding=dilation, dilation=dilation), nn.ReLU()]
+        index[f"relu{name}"] = len(modules) - 1
+        if pool:
+            modules.append(nn.MaxPool2d(2))
+        channels = out
+    return nn.Sequential(*modules), index
+
+
+class StandinFeatures(_NormalisedSequential):
+    """The offline stand-in extractor (see the module docstring), loaded from :func:`standin_path`.
+
+    ``relu3_2`` .. ``relu5_2``: 96 channels at stride 4. Raises :class:`StandinMissing` with the
+    rebuild command when the file is absent.
+    """
+
+    name = "standin"
+
+    def __init__(self, path: Optional[os.PathLike] = None):
+        path = Path(path) if path is not None else standin_path()
+        if not path.is_file():
+            raise StandinMissing(
+                f"the offline stand-in features {path} are missing. Rebuild them with "
+                f"`python -m partlab.features build-standin` (about 10 minutes on a CPU), point "
+                f"PARTLAB_STANDIN at a copy, or use ImageNet VGG19 weights (features='vgg19')")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            layout = tuple(tuple(row) for row in blob["layout"])
+            features, index = standin_network(layout)
+            features.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+        except Exception as exc:
+            raise StandinMissing(f"could not read the stand-in features {path} ({type(exc).__name__}: {exc}); "
+                                 f"rebuild them with `python -m partlab.features build-standin`") from exc
+        super().__init__(features, index)
+        self.recipes = {k: dict(v) for k, v in STANDIN_RECIPES.items()}
+        self.semantic_layers = {"mid": "relu3_2", "high": "relu4_2"}
+        self.weights_hash = _file_tag(path)
+        self.record = dict(blob.get("record", {}))
+        self.description = (f"partlab stand-in CNN trained label-free on synthetic images "
+                            f"(dense equivariant contrast; {path.name}), not ImageNet features")
+
+
+# ------------------------------------------------------------------------------------- training
+
+def _augment(images: torch.Tensor, jitter: dict, permute: bool, grayscale_p: float,
+             generator: torch.Generator) -> torch.Tensor:
+    """Colour jitter, random channel permutation, random greyscale: colour cannot identify a pixel."""
+    from partlab.geometry import color_jitter
+
+    x = color_jitter(images, **jitter, generator=generator)
+    b = x.shape[0]
+    if permute:
+        perm = torch.stack([torch.randperm(3, generator=generator) for _ in range(b)])       # (B, 3)
+        x = torch.gather(x, 1, perm[:, :, None, None].expand_as(x))
+    grey = (torch.rand(b, 1, 1, 1, generator=generator) < grayscale_p).float()
+    return grey * x.mean(1, keepdim=True).expand_as(x) + (1 - grey) * x
+
+
+def dense_contrastive_loss(e_anchor: torch.Tensor, e_target: torch.Tensor, valid: torch.Tensor,
+                           pixels: int, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """InfoNCE between corresponding pixels of two embedding maps, negatives from the same image.
+
+    Args:
+        e_anchor: (B, D, h, w) unit embeddings of the warped view.
+        e_target: (B, D, h, w) embeddings of the other view already warped onto the anchor's pixels.
+        valid: (B, h, w) bool, pixels whose correspondence lies inside the image.
+        pixels: pixels sampled per image (fewer when fewer are valid).
+
+    Returns:
+        mean over images of the mean cross-entropy of each sampled pixel against the sampled pixels.
+    """
+    target = F.normalize(e_target, dim=1)
+    losses = []
+    for a, t, v in zip(e_anchor, target, valid):
+        where = v.flatten().nonzero()[:, 0]
+        if where.numel() < 2:
+            continue
+        pick = where[torch.randperm(where.numel(), generator=generator)[:pixels]]
+        anchor = a.flatten(1)[:, pick].T                                                  # (P, D)
+        positive = t.flatten(1)[:, pick].T                                                # (P, D)
+        logits = anchor @ positive.T / temperature                                        # (P, P)
+        losses.append(F.cross_entropy(logits, torch.arange(pick.numel())))
+    return torch.stack(losses).mean()
+
+
+def build_standin(path: Optional[os.PathLike] = None, *, steps: Optional[int] = None,
+                  progress: Optional[bool] = None, **overrides) -> dict:
+    """Train the stand-in from scratch and write it (fp16) to ``path`` plus ``TRAINING.json`` beside it.
+
+    Args:
+        path: output file (default :func:`standin_path`).
+        steps: override ``STANDIN_TRAINING["steps"]`` (short runs for tests).
+        **overrides: any other key of :data:`STANDIN_TRAINING`.
+
+    Returns:
+        the training record (also stored in the file and in TRAINING.json).
+    """
+    from partlab.data.collate import stack_dataset
+    from partlab.data.synthetic import SyntheticParts
+    from partlab.geometry import random_warp, valid_mask, warp_images
+
+    cfg = dict(STANDIN_TRAINING, **overrides)
+    if steps is not None:
+        cfg["steps"] = int(steps)
+    path = Path(path) if path is not None else standin_path()
+    utils.seed_everything(cfg["seed"])
+    generator = torch.Generator().manual_seed(cfg["seed"])
+    start = time.time()
+    images = stack_dataset(SyntheticParts(cfg["categories"], size=cfg["size"], length=cfg["images"],
+                                          seed=cfg["seed"], split="train"), keys=["image"])["image"]
+    features, index = standin_network()
+    extractor_layers = ("relu3_2", "relu5_2")
+    width = dict((f"relu{n}", c) for n, c, _, _ in STANDIN_LAYOUT)
+    head = nn.Sequential(nn.Conv2d(sum(width[n] for n in extractor_layers), 128, 1), nn.ReLU(), nn.Conv2d(128, 64, 1))
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    last = index[extractor_layers[-1]]
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        x = (x - mean) / std
+        taps = []
+        for i, module in enumerate(features[:last + 1]):
+            x = module(x)
+            if i in (index[n] for n in extractor_layers):
+                taps.append(x)
+        return F.normalize(head(torch.cat(taps, dim=1)), dim=1)                        # (B, 64, h, w)
+
+    params = list(features.parameters()) + list(head.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg["lr"])
+    history = []
+    for step in utils.progress(range(cfg["steps"]), desc="stand-in", enabled=progress):
+        pick = torch.randint(0, images.shape[0], (cfg["batch_size"],), generator=generator)
+        x = images[pick]
+        warp = random_warp(x.shape[0], **cfg["warp"], generator=generator)
+        view1 = _augment(x, cfg["jitter"], cfg["channel_permutation"], cfg["grayscale_p"], generator)
+        view2 = warp_images(_augment(x, cfg["jitter"], cfg["channel_permutation"], cfg["grayscale_p"], generator), warp)
+        e1, e2 = embed(view1), embed(view2)
+        valid = valid_mask(warp, e1.shape[-2:])[:, 0] > 0.99                               # (B, h, w)
+        loss = dense_contrastive_loss(e2, warp_images(e1, warp), valid, cfg["pixels_per_image"],
+                                      cfg["temperature"], generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    seconds = time.time() - start
+    chunk = max(1, len(history) // 20)
+    record = {
+        "command": "python -m partlab.features build-standin",
+        "task": "dense equivariant contrast (label-free): no part labels, masks, landmarks or categories",
+        "config": cfg,
+        "layout": [list(row) for row in STANDIN_LAYOUT],
+        "loss_curve": [round(sum(history[i:i + chunk]) / len(history[i:i + chunk]), 4)
+                       for i in range(0, len(history), chunk)],
+        "final_loss": round(sum(history[-chunk:]) / len(history[-chunk:]), 4),
+        "seconds": round(seconds, 1),
+        "torch": str(torch.__version__),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+    }
+    state = {k: v.half() for k, v in features.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": state, "layout": record["layout"], "record": record}, tmp)
+    os.replace(tmp, path)
+    (path.parent / "TRAINING.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record

@@ -1,0 +1,186 @@
+"""Run folders: a trained method saved so that it can be rebuilt without the code that trained it.
+
+A run folder (``partlab train ... --out DIR``) holds two files:
+
+- ``last.pt``: the checkpoint :func:`partlab.train.fit` writes with ``checkpoint_dir=DIR``;
+- ``model.json``: how to rebuild the model, written by :func:`save_model_json`::
+
+      {"format": "partlab.run/1", "method": "SCOPS",
+       "kwargs": {"num_parts": 5, "network": "unet", "feature_channels": 3, ...},
+       "category": "bird", "size": 64, "features": "rgb: raw RGB pixels ...", "info": {...}}
+
+``kwargs`` are the constructor arguments the model was built with (recorded by
+:class:`~partlab.methods.base.PartSegmenter`), JSON values only. Two rules keep a rebuild cheap and
+faithful: a frozen feature extractor is stored by name (``{"feature_extractor": "standin"}``) and
+rebuilt with :func:`partlab.features.get_extractor`; a network's ImageNet initialisation is not
+loaded again (``pretrained=False``, the checkpoint holds every weight) and its BatchNorm freezing is
+stored as it was (``freeze_bn``).
+
+>>> model, meta = load_method("runs/scops_bird")        # doctest: +SKIP
+>>> model.predict(images)["labels"]                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+from partlab.methods.base import PartSegmenter
+from partlab.methods.oracle import SupervisedOracle
+from partlab.methods.scops import SCOPS
+
+RUN_FORMAT = "partlab.run/1"
+MODEL_JSON = "model.json"
+_EXTRACTOR_KEY = "feature_extractor"
+
+# Methods a run folder can hold, by class name (the "method" of model.json).
+METHODS: dict[str, type[PartSegmenter]] = {"SCOPS": SCOPS, "SupervisedOracle": SupervisedOracle}
+
+
+def constructor_kwargs(model: PartSegmenter) -> dict[str, Any]:
+    """The keyword arguments that rebuild ``model`` (``type(model)(**kwargs)``), as JSON values.
+
+    Raises ``ValueError`` naming an argument that cannot be stored as JSON.
+    """
+    args, kwargs = getattr(model, "init_args", ((), {}))
+    signature = inspect.signature(type(model).__init__)
+    bound = signature.bind(model, *args, **kwargs).arguments
+    out: dict[str, Any] = {}
+    for name, value in list(bound.items())[1:]:                      # the first is self
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        else:
+            out[name] = value
+    for name, value in out.items():
+        if callable(getattr(value, "layers_for", None)):              # a frozen feature extractor
+            out[name] = {_EXTRACTOR_KEY: value.name}
+    network = getattr(model, "network", None)
+    if hasattr(network, "bn_frozen"):                                # DeepLab: as trained, not as re-derived
+        out["freeze_bn"] = bool(network.bn_frozen)
+    for name, value in out.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(f"{type(model).__name__} argument {name}={value!r} cannot be stored in "
+                             f"{MODEL_JSON}: only JSON values (numbers, strings, lists, dicts) can") from None
+    return json.loads(json.dumps(out))                               # tuples -> lists, as a reload sees them
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with tuples as lists, tensors as lists, non-finite floats as ``None`` and anything
+    else that JSON cannot hold as its ``str``: for the ``info`` of :func:`save_model_json`."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def save_model_json(run_dir: str | os.PathLike, model: PartSegmenter, *, category: str, size: int,
+                    features: Optional[str] = None, info: Optional[Mapping] = None) -> Path:
+    """Write ``run_dir/model.json`` (atomically) describing how to rebuild ``model``; return its path.
+
+    Args:
+        run_dir: the run folder (created if needed); the checkpoint goes there too.
+        model: a method of :data:`METHODS`.
+        category, size: the synthetic data it was trained on.
+        features: which semantic features it used (a sentence), ``None`` when none.
+        info: anything else worth keeping (e.g. the ``info`` of ``scops_quick_setup``); made JSON-able.
+    """
+    name = type(model).__name__
+    if name not in METHODS:
+        raise ValueError(f"cannot save a {name}: run folders hold one of {sorted(METHODS)}")
+    meta = {"format": RUN_FORMAT, "method": name, "kwargs": constructor_kwargs(model), "category": category,
+            "size": int(size), "features": features, "info": jsonable(dict(info or {}))}
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / MODEL_JSON
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_model_json(run_dir: str | os.PathLike) -> dict:
+    """The ``model.json`` of a run folder; ``FileNotFoundError`` / ``ValueError`` saying what is wrong."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run folder at {run_dir}; make one with `partlab train scops --out {run_dir}`")
+    path = run_dir / MODEL_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a partlab run folder: {path} is missing; make one with "
+                                f"`partlab train scops --out {run_dir}`")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} cannot be read as JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
+        raise ValueError(f"{path} is not a partlab run description (format {RUN_FORMAT!r})")
+    return meta
+
+
+def _rebuild_kwargs(kwargs: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    out = dict(kwargs)
+    for name, value in kwargs.items():
+        if isinstance(value, Mapping) and set(value) == {_EXTRACTOR_KEY}:
+            from partlab.features import get_extractor
+
+            out[name] = get_extractor(value[_EXTRACTOR_KEY], device=device, verbose=False)
+    if "pretrained" in out:
+        out["pretrained"] = False                                   # the checkpoint holds the weights
+    return out
+
+
+def load_method(run_dir_or_checkpoint: str | os.PathLike,
+                map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a trained method from a run folder (or the ``last.pt`` inside one).
+
+    Args:
+        run_dir_or_checkpoint: the folder ``partlab train --out`` wrote, or a checkpoint file with a
+            ``model.json`` next to it.
+        map_location: the device the model (and a feature extractor, if any) is put on.
+
+    Returns:
+        ``(model, meta)``: the model in eval mode with the checkpoint's weights and ``model.history``;
+        ``meta`` is ``model.json`` plus ``"run_dir"`` and ``"checkpoint"`` (``path``, ``step``).
+
+    Raises:
+        FileNotFoundError: the folder, ``model.json`` or the checkpoint is missing (the path is named).
+        ValueError: an unknown method, a malformed ``model.json``, or a checkpoint that cannot be read
+            or does not fit the model ``model.json`` describes.
+    """
+    from partlab.train import CHECKPOINT_NAME, load_checkpoint
+
+    path = Path(run_dir_or_checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"no run folder or checkpoint at {path}; make one with "
+                                f"`partlab train scops --out {path}`")
+    run_dir, checkpoint_path = (path, path / CHECKPOINT_NAME) if path.is_dir() else (path.parent, path)
+    meta = read_model_json(run_dir)
+    method = meta.get("method")
+    if method not in METHODS:
+        raise ValueError(f"{run_dir / MODEL_JSON} names method {method!r}, which partlab does not know; "
+                         f"known methods: {sorted(METHODS)}")
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint_path}: the run has not saved one yet; continue it "
+                                f"with `partlab train ... --out {run_dir} --resume`")
+    device = torch.device(map_location) if isinstance(map_location, (str, torch.device)) else torch.device("cpu")
+    model = METHODS[method](**_rebuild_kwargs(meta.get("kwargs", {}), device))
+    try:
+        checkpoint = load_checkpoint(model, checkpoint_path, map_location=map_location)
+    except RuntimeError as exc:
+        raise ValueError(str(exc)) from None
+    meta = dict(meta, run_dir=str(run_dir), checkpoint={"path": str(checkpoint_path), "step": checkpoint["step"]})
+    return model.to(device).eval(), meta

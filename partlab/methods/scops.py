@@ -1,0 +1,488 @@
+"""SCOPS: self-supervised co-part segmentation (Hung et al., CVPR 2019), as one ``nn.Module``.
+
+A network ``F`` maps an image to ``K + 1`` part response maps ``R = softmax(F(I))`` (channel 0 the
+background). Nothing tells it what a part is; four losses (``partlab.losses.scops``) shape the maps:
+
+=================  ===========  =====================================================================
+term (dict key)    equation     what it asks of the parts ``R_k = probs[:, k]``, ``k = 1..K``
+=================  ===========  =====================================================================
+``"con"``          Eq. (2)      geometric concentration: small spatial variance around the centre
+``"eqv"``          Eq. (3), 1st the maps of a warped, colour-jittered image = the warped maps (KL)
+``"lmeqv"``        Eq. (3), 2nd the same for the part centres (MSE)
+``"sc"``           Eq. (4)      semantic consistency: ``D * relu(V) ~ sum_k R_k relu(w_k)``, pretrained
+                                features ``V`` rebuilt from a part basis ``w`` shared by all images,
+                                ``D`` the saliency map (Sec. 3.4, "saliency constraint")
+``"orthonormal"``  Eq. (5)      the normalised basis vectors are orthonormal
+=================  ===========  =====================================================================
+
+``losses(batch)["loss"] = sum of lambda_<key> * term``. Weights (defaults = the authors' config
+``SCOPS_K8_retrain``, REFERENCE_NOTES.md), with partlab's reductions (``partlab.losses.scops``):
+
+======================  ===============  ================================================================
+weight                  default          origin / units
+======================  ===============  ================================================================
+``lambda_con``          10               original; partlab averages over the batch once, the original
+                                         divides by B twice (its effective weight is 10 / B here)
+``lambda_eqv``          1e3 / (K + 1)    original 1e3 on ``nn.KLDivLoss()`` (mean over B*(K+1)*H*W);
+                                         partlab's KL sums the K+1 channels (mean over B*H*W), hence
+                                         the division: the same gradient as the original
+``lambda_lmeqv``        1e2              original (MSE over B*K*2 centre coordinates, as here)
+``lambda_sc``           1e4              original (mean over B*C*H*W, as here)
+``lambda_orthonormal``  0.1              original (Frobenius norm squared, as here)
+======================  ===============  ================================================================
+
+A weight of 0 removes its term: it is not computed and not in the dict (the ablations of SCOPS
+Table 1, :data:`ABLATIONS`). Optimiser (``param_groups``): network at ``config.lr`` (DeepLab head 10x),
+part basis with its own SGD (lr 0.01, momentum 0.9, weight decay 5e-4); gradient-norm clipping at
+5 for each group.
+
+Quick mode (CPU, minutes): :func:`scops_quick_setup` builds a small U-Net, a synthetic training set
+with cached features and saliency maps (:class:`partlab.data.extras.WithExtras`), and the training
+settings that go with them.
+
+>>> model, train, info = scops_quick_setup("bird", n_train=256)          # doctest: +SKIP
+>>> fit(model, train, **info["fit"])                                     # doctest: +SKIP
+>>> model.predict(images)["labels"]   # (B, H, W), the paper's post-processing   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from partlab.geometry import color_jitter, jitter_preset, part_centers, random_warp, warp_images, warp_preset
+from partlab.losses import (
+    concentration_loss,
+    equivariance_center_loss,
+    equivariance_kl_loss,
+    equivariance_loss,
+    orthonormal_loss,
+    semantic_consistency_loss,
+)
+from partlab.methods.base import PartSegmenter, check_images
+from partlab.models import build_network
+
+__all__ = ["ABLATIONS", "SCOPS", "postprocess_labels", "scops_quick_setup", "train_variants"]
+
+SALIENCY_CHOICES = ("batch", "oracle", "none", "rbd")
+BACKGROUND_SCORE = 0.1
+
+# Ablations of SCOPS Table 1 (right) as constructor overrides. "only L_sc" keeps the orthonormal
+# constraint and the saliency (they belong to the semantic consistency term); "w/o L_sc" drops the
+# basis altogether.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "only_sc": {"lambda_con": 0.0, "lambda_eqv": 0.0, "lambda_lmeqv": 0.0},
+    "no_sc": {"lambda_sc": 0.0, "lambda_orthonormal": 0.0},
+    "no_con": {"lambda_con": 0.0},
+    "no_eqv": {"lambda_eqv": 0.0, "lambda_lmeqv": 0.0},
+    "no_saliency": {"saliency": "none"},
+}
+
+_FEATURES_HELP = ("precompute them and attach them to the dataset: "
+                  "WithExtras(dataset, features=extract_features(extractor, dataset, extractor.layers_for('scops'))) "
+                  "(partlab.data.extras, partlab.features), or build SCOPS(..., features=extractor) to compute "
+                  "them on the fly")
+
+
+def postprocess_labels(probs: torch.Tensor, background: float = BACKGROUND_SCORE) -> torch.Tensor:
+    """The paper's post-processing (Sec. 3.1): part maps normalised by their maximum, background 0.1.
+
+    ::
+
+        R^_k(u, v) = R_k(u, v) / max_{u', v'} R_k(u', v')    (k = 1..K, per image)
+        R^_0       = background (constant 0.1)
+        labels     = argmax_k R^_k
+
+    "The purpose of this normalization is to enhance weak part responses": a part whose softmax
+    never exceeds 0.2 still wins its strongest pixels. The network's background channel is not used.
+
+    Args:
+        probs: ``(B, K+1, H, W)`` softmax of the logits, channel 0 background.
+        background: the constant score of the background.
+
+    Returns:
+        ``(B, H, W)`` int64 labels, 0 = background, 1..K = parts.
+    """
+    if not isinstance(probs, torch.Tensor) or probs.dim() != 4 or probs.shape[1] < 2:
+        shape = tuple(probs.shape) if hasattr(probs, "shape") else type(probs).__name__
+        raise ValueError(f"probs must have shape (B, K+1, H, W) with K >= 1, got {shape}")
+    parts = probs[:, 1:]                                                       # (B, K, H, W)
+    peak = parts.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)             # (B, K, 1, 1)
+    scores = torch.cat((torch.full_like(probs[:, :1], background), parts / peak), dim=1)  # (B, K+1, H, W)
+    return scores.argmax(dim=1)
+
+
+class SCOPS(PartSegmenter):
+    """SCOPS part segmenter: ``K + 1`` output maps, channel 0 background.
+
+    Args:
+        num_parts: K foreground parts.
+        network: ``"unet"`` (CPU quick mode) or ``"deeplab"`` (DeepLab-v2 ResNet-50, the paper's).
+        feature_channels: C, the channels of the semantic features ``V`` (the part basis is ``(K, C)``).
+            Inferred from ``features`` when it is an extractor; required with ``features="batch"``
+            unless the semantic consistency and orthonormal terms are both off.
+        features: where ``V`` comes from. ``"batch"``: ``batch["features"]`` ``(B, C, h, w)``,
+            precomputed (bilinearly upsampled to the logits' size inside the loss, as the original
+            upsamples to the input size). A frozen :class:`partlab.features.FeatureExtractor`:
+            computed on the fly from ``batch["image"]`` with its ``layers_for("scops")`` layers
+            (on the extractor's device). The extractor is held outside the module: it is not a
+            submodule, not in ``state_dict()``, never trained.
+        saliency: the map ``D`` of the saliency constraint. ``"batch"``: ``batch["saliency"]``
+            ``(B, 1, H, W)`` or ``(B, H, W)`` (e.g. :func:`partlab.saliency.cached_saliency` attached
+            with :class:`partlab.data.extras.WithExtras`); ``"oracle"``: ``batch["fg"]``;
+            ``"none"``: no mask (the "w/o saliency" ablation); ``"rbd"``: computed on the fly by
+            :func:`partlab.saliency.saliency_maps` (slow: CPU, one image at a time).
+        lambda_con, lambda_eqv, lambda_lmeqv, lambda_sc, lambda_orthonormal: term weights (module
+            docstring); ``lambda_eqv=None`` means ``1e3 / (K + 1)``. 0 switches a term off.
+        warp: keyword arguments of :func:`partlab.geometry.random_warp`, or a preset name
+            (default ``"scops"``: rotation +-60 deg, zoom 0.7-2.0, shift +-0.1, 5x5 TPS).
+        jitter: keyword arguments of :func:`partlab.geometry.color_jitter`, or a preset name
+            (default ``"scops"``: brightness .3, contrast .3, saturation .2, hue .2).
+        eps: added per pixel before normalising part maps in the losses (1e-3 as in the original).
+        clip: gradient-norm clip of the network's parameter group(s) (5, as in the original).
+        basis_lr, basis_momentum, basis_weight_decay, basis_clip: the part basis's own SGD
+            (0.01, 0.9, 5e-4, 5 as in the original).
+        **network_kwargs: passed to the network (``base_channels=8``, ``pretrained="auto"``, ...).
+
+    Attributes:
+        network: the segmentation network.
+        basis: ``nn.Parameter`` ``(K, C)``, the raw part basis ``w``, initialised ``|N(0, 1)|``
+            (``None`` when neither ``"sc"`` nor ``"orthonormal"`` is on).
+        weights: ``{term: lambda}`` as used (``lambda_eqv`` resolved).
+
+    >>> model = SCOPS(4, feature_channels=16, base_channels=8)
+    >>> batch = {"image": torch.rand(2, 3, 32, 32), "features": torch.rand(2, 16, 4, 4),
+    ...          "saliency": torch.ones(2, 1, 32, 32)}
+    >>> sorted(model.losses(batch))
+    ['con', 'eqv', 'lmeqv', 'loss', 'orthonormal', 'sc']
+    """
+
+    def __init__(self, num_parts: int, *, network: str = "unet", feature_channels: Optional[int] = None,
+                 features: Union[str, nn.Module] = "batch", saliency: str = "batch",
+                 lambda_con: float = 10.0, lambda_eqv: Optional[float] = None, lambda_lmeqv: float = 1e2,
+                 lambda_sc: float = 1e4, lambda_orthonormal: float = 0.1,
+                 warp: Union[str, dict] = "scops", jitter: Union[str, dict] = "scops", eps: float = 1e-3,
+                 clip: Optional[float] = 5.0, basis_lr: float = 0.01, basis_momentum: float = 0.9,
+                 basis_weight_decay: float = 5e-4, basis_clip: Optional[float] = 5.0,
+                 **network_kwargs: Any) -> None:
+        super().__init__(num_parts)
+        if lambda_eqv is None:
+            lambda_eqv = 1e3 / (num_parts + 1)
+        self.weights = {"con": float(lambda_con), "eqv": float(lambda_eqv), "lmeqv": float(lambda_lmeqv),
+                        "sc": float(lambda_sc), "orthonormal": float(lambda_orthonormal)}
+        bad = {f"lambda_{k}": v for k, v in self.weights.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"loss weights must be >= 0 (0 switches a term off), got {bad}")
+        if saliency not in SALIENCY_CHOICES:
+            raise ValueError(f"saliency={saliency!r}; choose one of {SALIENCY_CHOICES}")
+        self.saliency = saliency
+        self.eps = float(eps)
+        self.warp_kwargs = warp_preset(warp) if isinstance(warp, str) else dict(warp)
+        self.jitter_kwargs = jitter_preset(jitter) if isinstance(jitter, str) else dict(jitter)
+        self.clip = clip
+        self.basis_lr, self.basis_momentum = float(basis_lr), float(basis_momentum)
+        self.basis_weight_decay, self.basis_clip = float(basis_weight_decay), basis_clip
+
+        # features: "batch" or a frozen extractor kept out of the module tree (a plain tuple attribute)
+        self._extractor: tuple = ()
+        self.feature_layers: Optional[dict[str, float]] = None
+        if isinstance(features, str):
+            if features != "batch":
+                raise ValueError(f"features={features!r}: pass 'batch' (batch['features'] precomputed) or a "
+                                 f"frozen extractor, e.g. features=partlab.features.get_extractor('auto')")
+        elif callable(getattr(features, "layers_for", None)):
+            self._extractor = (features,)
+            self.feature_layers = features.layers_for("scops")
+            inferred = sum(int(features.channels[name]) for name in self.feature_layers)
+            if feature_channels is not None and feature_channels != inferred:
+                raise ValueError(f"feature_channels={feature_channels} but the extractor's SCOPS layers "
+                                 f"{list(self.feature_layers)} have {inferred} channels")
+            feature_channels = inferred
+        else:
+            raise ValueError(f"features must be 'batch' or a partlab.features extractor, got {type(features).__name__}")
+
+        self.network = build_network(network, num_parts + 1, **network_kwargs)
+        needs_basis = self.weights["sc"] > 0 or self.weights["orthonormal"] > 0
+        if needs_basis:
+            if feature_channels is None:
+                raise ValueError("SCOPS needs feature_channels (C of the semantic features V, the part basis "
+                                 "is (K, C)) with features='batch'; e.g. feature_channels=features.shape[1]")
+            basis = torch.randn(num_parts, int(feature_channels)).abs()                  # |N(0, 1)|, (K, C)
+            self.basis: Optional[nn.Parameter] = nn.Parameter(basis)
+        else:
+            self.register_parameter("basis", None)
+        self.feature_channels = None if feature_channels is None else int(feature_channels)
+
+    @property
+    def extractor(self) -> Optional[nn.Module]:
+        """The frozen feature extractor (``features=extractor``), or ``None`` with ``features="batch"``."""
+        return self._extractor[0] if self._extractor else None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K+1, H, W)`` at the input size."""
+        return self.network(check_images(images))
+
+    # ------------------------------------------------------------------------------ loss inputs
+
+    def _features(self, batch: dict, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``V`` ``(B, C, H, W)`` at the logits' size, float32, no gradient."""
+        if self.extractor is not None:
+            from partlab.features import upsample_concat
+
+            extractor = self.extractor
+            where = next(iter(extractor.buffers()), None)
+            where = images.device if where is None else where.device
+            with torch.no_grad():
+                maps = extractor(images.detach().to(where), layers=list(self.feature_layers))
+                return upsample_concat(maps, self.feature_layers, size).to(images.device, torch.float32)
+        if "features" not in batch:
+            raise KeyError(f"SCOPS(features='batch') needs batch['features'] (B, C, h, w) for the semantic "
+                           f"consistency loss, but the batch has only {sorted(batch)}; {_FEATURES_HELP}")
+        features = batch["features"]
+        if not isinstance(features, torch.Tensor) or features.dim() != 4 or features.shape[0] != images.shape[0]:
+            shape = tuple(features.shape) if hasattr(features, "shape") else type(features).__name__
+            raise ValueError(f"batch['features'] must have shape (B, C, h, w) with B = {images.shape[0]}, got {shape}")
+        if features.shape[1] != self.feature_channels:
+            raise ValueError(f"batch['features'] has {features.shape[1]} channels but the part basis was built "
+                             f"for feature_channels={self.feature_channels}")
+        features = features.to(images.device, torch.float32)
+        if tuple(features.shape[-2:]) != size:
+            features = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
+        return features                                                                 # (B, C, H, W)
+
+    def _saliency(self, batch: dict, images: torch.Tensor, size: tuple[int, int]) -> Optional[torch.Tensor]:
+        """``D`` ``(B, 1, H, W)`` at the logits' size, or ``None`` (no mask)."""
+        if self.saliency == "none":
+            return None
+        if self.saliency == "rbd":
+            from partlab.saliency import saliency_maps
+
+            saliency = saliency_maps(images.detach(), method="rbd")
+        else:
+            key = "saliency" if self.saliency == "batch" else "fg"
+            if key not in batch:
+                how = ("attach maps with WithExtras(dataset, saliency=partlab.saliency.cached_saliency(dataset, "
+                       "'rbd')), or build SCOPS(..., saliency='rbd' | 'none')" if key == "saliency"
+                       else "use a dataset with foreground masks (SyntheticParts has them)")
+                raise KeyError(f"SCOPS(saliency={self.saliency!r}) needs batch[{key!r}] (B, 1, H, W), but the "
+                               f"batch has only {sorted(batch)}; {how}")
+            saliency = batch[key]
+        if saliency.dim() == 3:
+            saliency = saliency[:, None]
+        if saliency.dim() != 4 or saliency.shape[:2] != (images.shape[0], 1):
+            raise ValueError(f"the saliency map must have shape (B, 1, H, W) or (B, H, W) with B = "
+                             f"{images.shape[0]}, got {tuple(saliency.shape)}")
+        saliency = saliency.to(images.device, torch.float32)
+        if tuple(saliency.shape[-2:]) != size:
+            saliency = F.interpolate(saliency, size=size, mode="bilinear", align_corners=False)
+        return saliency
+
+    # ------------------------------------------------------------------------------ the losses
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The SCOPS terms for ``batch`` and their weighted total.
+
+        ``batch``: ``"image"`` ``(B, 3, H, W)``; ``"features"`` with ``features="batch"``;
+        ``"saliency"`` with ``saliency="batch"``, ``"fg"`` with ``"oracle"``.
+
+        Returns ``{"loss": sum_t lambda_t * term_t, <term>: value}`` with the unweighted, detached
+        terms ``"con"`` (Eq. 2), ``"eqv"`` and ``"lmeqv"`` (Eq. 3), ``"sc"`` (Eq. 4),
+        ``"orthonormal"`` (Eq. 5): only those with a weight > 0, the others are not computed.
+        Every term is computed in float32 on the logits at the input size.
+        """
+        images = check_images(batch["image"])
+        w = self.weights
+        logits = self(images).float()                                                  # (B, K+1, H, W)
+        size = tuple(logits.shape[-2:])
+        parts = logits.softmax(dim=1)[:, 1:]                                           # (B, K, H, W)
+        terms: dict[str, torch.Tensor] = {}
+
+        if w["con"] > 0:                                                               # Eq. (2)
+            terms["con"] = concentration_loss(parts, eps=self.eps)
+
+        if w["eqv"] > 0 or w["lmeqv"] > 0:                                             # Eq. (3)
+            warp = random_warp(images.shape[0], **self.warp_kwargs, device=images.device)
+            transformed = warp_images(color_jitter(images, **self.jitter_kwargs), warp)  # T_s(T_a(I))
+            logits_t = self(transformed).float()                                         # (B, K+1, H, W)
+            if w["eqv"] > 0 and w["lmeqv"] > 0:
+                both = equivariance_loss(logits_t, logits, warp, eps=self.eps)
+                terms["eqv"], terms["lmeqv"] = both["kl"], both["center"]
+            elif w["eqv"] > 0:
+                terms["eqv"] = equivariance_kl_loss(logits_t, logits, warp)
+            else:
+                terms["lmeqv"] = equivariance_center_loss(logits_t, logits, warp, eps=self.eps)
+
+        if w["sc"] > 0:                                                                # Eq. (4)
+            features = self._features(batch, images, size)                               # (B, C, H, W)
+            saliency = self._saliency(batch, images, size)                               # (B, 1, H, W)
+            terms["sc"] = semantic_consistency_loss(parts, features, self.basis.float(), saliency)
+
+        if w["orthonormal"] > 0:                                                       # Eq. (5)
+            terms["orthonormal"] = orthonormal_loss(self.basis.float())
+
+        if terms:
+            total = sum(w[name] * value for name, value in terms.items())
+        else:  # every weight 0: a zero loss that still reaches the network (the trainer needs a graph)
+            total = 0.0 * logits.sum()
+        out = {"loss": total}
+        out.update({name: value.detach() for name, value in terms.items()})
+        return out
+
+    # ------------------------------------------------------------------------------ optimiser
+
+    def param_groups(self, config) -> list[dict]:
+        """Parameter groups for :func:`partlab.train.fit` (REFERENCE_NOTES, SCOPS optimiser).
+
+        - network: ``config.lr`` with ``config.optimizer`` (SGD 1e-5 in the paper; Adam ~1e-3 for the
+          quick-mode U-Net); with DeepLab, backbone at ``config.lr`` and head at ``10 * config.lr``;
+          gradient norm clipped at ``clip`` (each group on its own: the original clips backbone and
+          head together);
+        - part basis: its own SGD, ``basis_lr`` (0.01), momentum 0.9, weight decay 5e-4, clip 5.
+        """
+        if hasattr(self.network, "head_parameters"):
+            groups = [{"params": self.network.backbone_parameters(), "clip": self.clip},
+                      {"params": self.network.head_parameters(), "lr": 10 * config.lr, "clip": self.clip}]
+        else:
+            groups = [{"params": [p for p in self.network.parameters() if p.requires_grad], "clip": self.clip}]
+        if self.basis is not None:
+            groups.append({"params": [self.basis], "optimizer": "sgd", "lr": self.basis_lr,
+                           "momentum": self.basis_momentum, "weight_decay": self.basis_weight_decay,
+                           "clip": self.basis_clip})
+        return groups
+
+    # ------------------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Part maps with the paper's post-processing.
+
+        Returns ``probs`` ``(B, K+1, H, W)``: the plain softmax of the logits (channel 0 background);
+        ``labels`` ``(B, H, W)``: :func:`postprocess_labels` of ``probs`` (each part map divided by
+        its spatial maximum, background a constant 0.1, argmax), not ``probs.argmax(1)``.
+        """
+        out = super().predict(images)
+        out["labels"] = postprocess_labels(out["probs"])
+        return out
+
+    @torch.no_grad()
+    def centers(self, images: torch.Tensor) -> torch.Tensor:
+        """Part centres ``(B, K, 2)`` (normalised ``(x, y)``) of ``softmax(logits)[:, 1:]``, no eps:
+        the landmarks of SCOPS' evaluation (feed them to
+        :func:`partlab.metrics.landmark_regression_error`)."""
+        probs = PartSegmenter.predict(self, images)["probs"]
+        return part_centers(probs[:, 1:], eps=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# quick mode
+# ---------------------------------------------------------------------------------------------
+
+# Quick-mode settings (U-Net, 64 px, CPU), measured on the synthetic birds; see scops_quick_setup.
+QUICK_WEIGHTS: dict[str, float] = {}
+QUICK_FIT: dict[str, Any] = {"max_steps": 800, "batch_size": 8, "lr": 1e-3, "optimizer": "adam",
+                             "log_every": 20}
+
+
+def scops_quick_setup(category: str = "bird", size: int = 64, n_train: int = 512, seed: int = 0,
+                      features: Union[str, nn.Module] = "auto", saliency: str = "rbd", device: str = "auto",
+                      num_parts: Optional[int] = None, network: str = "unet", feature_size=None,
+                      saliency_path=None, **scops_kwargs: Any):
+    """Everything a quick SCOPS run needs: model, training set with cached extras, settings.
+
+    Steps: the synthetic ``"train"`` split (:class:`partlab.data.synthetic.SyntheticParts`,
+    ``n_train`` images of ``size`` px); frozen features of every image
+    (:func:`partlab.features.extract_features` with the extractor's ``layers_for("scops")``, at
+    the layers' own resolution unless ``feature_size``), computed once; saliency maps
+    (:func:`partlab.saliency.cached_saliency`, ``saliency`` = ``"rbd"``, ``"oracle"`` or ``"none"``,
+    optionally cached in the file ``saliency_path``); both attached with
+    :class:`partlab.data.extras.WithExtras`; a :class:`SCOPS` with a U-Net reading them.
+
+    Args:
+        category: synthetic category; K defaults to its number of part classes.
+        features: an extractor name for :func:`partlab.features.get_extractor` (``"auto"``,
+            ``"vgg19"``, ``"standin"``, ``"rgb"``) or an extractor.
+        device: where features are extracted and where ``info["fit"]`` trains.
+        **scops_kwargs: override the quick-mode model settings (weights, ``base_channels``, ...).
+
+    Returns:
+        ``(model, train_dataset, info)``; ``info`` says what was used (``"features"``,
+        ``"saliency"``, ``"device"``, ``"num_parts"``, ...) and holds ``info["fit"]``, the
+        keyword arguments of :func:`partlab.train.fit` for this recipe.
+    """
+    from partlab import utils
+    from partlab.data.extras import WithExtras
+    from partlab.data.synthetic import SyntheticParts
+    from partlab.data.synthetic import num_parts as category_parts
+    from partlab.features import extract_features, get_extractor
+    from partlab.saliency import cached_saliency
+
+    if saliency not in ("rbd", "oracle", "none"):
+        raise ValueError(f"saliency={saliency!r}; quick mode caches 'rbd', 'oracle' or 'none'")
+    dev = utils.device(device)
+    dataset = SyntheticParts(category, size=size, length=n_train, seed=seed, split="train")
+    extractor = get_extractor(features, device=dev) if isinstance(features, str) else features
+    layers = extractor.layers_for("scops")
+    feats = extract_features(extractor, dataset, layers, size=feature_size)         # (N, C, h, w), CPU
+    maps = cached_saliency(dataset, saliency, path=saliency_path)                   # (N, 1, H, W), CPU
+    train = WithExtras(dataset, features=feats, saliency=maps)
+    k = category_parts(category) if num_parts is None else int(num_parts)
+    settings = {"network": network, "feature_channels": feats.shape[1], "saliency": "batch"}
+    if network == "unet":
+        settings.update(base_channels=16, depth=3)
+    settings.update(QUICK_WEIGHTS)
+    settings.update(scops_kwargs)
+    torch.manual_seed(seed)
+    model = SCOPS(k, **settings)
+    info = {
+        "features": f"{extractor.name}: {extractor.description}",
+        "feature_layers": layers,
+        "feature_shape": tuple(feats.shape),
+        "saliency": saliency,
+        "device": utils.describe_device(dev),
+        "num_parts": k,
+        "category": category,
+        "size": size,
+        "n_train": n_train,
+        "weights": dict(model.weights),
+        "model_kwargs": {k: v for k, v in settings.items()},
+        "fit": dict(QUICK_FIT, device=str(dev), seed=seed),
+    }
+    return model, train, info
+
+
+def train_variants(variants, train, info: dict, *, max_steps: Optional[int] = None, progress=None,
+                   **fit_overrides: Any) -> dict[str, "SCOPS"]:
+    """Train one SCOPS per variant on the same cached training set (the ablation of SCOPS Table 1).
+
+    Args:
+        variants: names of :data:`ABLATIONS` (e.g. ``["full", "no_sc"]``) or ``{name: overrides}``
+            of :class:`SCOPS` keyword arguments (e.g. ``{"lmeqv x10": {"lambda_lmeqv": 1e3}}``).
+        train, info: from :func:`scops_quick_setup` (its features and saliency are reused, so every
+            variant sees the same data, seed and network initialisation).
+        max_steps, **fit_overrides: change ``info["fit"]`` (e.g. fewer steps in quick mode).
+
+    Returns:
+        ``{name: trained model}`` (each with its ``history``), in the order given.
+    """
+    from partlab.train import fit
+
+    if not isinstance(variants, dict):
+        unknown = [v for v in variants if v not in ABLATIONS]
+        if unknown:
+            raise ValueError(f"unknown ablation(s) {unknown}; choices: {list(ABLATIONS)} or a dict of overrides")
+        variants = {v: ABLATIONS[v] for v in variants}
+    config = dict(info["fit"], **fit_overrides)
+    if max_steps is not None:
+        config["max_steps"] = int(max_steps)
+    if progress is not None:
+        config["progress"] = progress
+    models = {}
+    for name, overrides in variants.items():
+        torch.manual_seed(config.get("seed", 0))
+        model = SCOPS(info["num_parts"], **dict(info["model_kwargs"], **overrides))
+        models[name] = fit(model, train, **config)
+    return models
