@@ -26,7 +26,7 @@ field without losing resolution. ImageNet mean/std normalisation in front, as fo
 Files: ``data/standin/standin_v1.pt`` (fp16 weights + config + training record) and
 ``data/standin/TRAINING.json`` (the record, readable). Rebuild both with::
 
-    python -m partlab.features build-standin            # about 10 minutes on 2 CPU cores (800 steps)
+    python -m partlab.features build-standin            # about 15 minutes on 2 CPU cores (800 steps)
 
 ``PARTLAB_STANDIN=/path/to/file.pt`` points partlab at another file.
 """
@@ -126,7 +126,7 @@ class StandinFeatures(_NormalisedSequential):
         if not path.is_file():
             raise StandinMissing(
                 f"the offline stand-in features {path} are missing. Rebuild them with "
-                f"`python -m partlab.features build-standin` (about 10 minutes on a CPU), point "
+                f"`python -m partlab.features build-standin` (about 15 minutes on 2 CPU cores), point "
                 f"PARTLAB_STANDIN at a copy, or use ImageNet VGG19 weights (features='vgg19')")
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
