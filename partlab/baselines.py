@@ -34,7 +34,7 @@ probabilities sum to one over channels and ``labels`` equals the argmax inside t
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -160,49 +160,33 @@ def _assemble(scores: torch.Tensor, fg: torch.Tensor, temperature: float) -> Dic
     return {"probs": probs, "labels": labels.long()}
 
 
-def _features_of(images_or_features: torch.Tensor, extractor, layers, batch_size: int) -> torch.Tensor:
-    """A 3-channel input is images -> features via :func:`partlab.features.extract_features`; else features."""
-    if images_or_features.dim() == 4 and images_or_features.shape[1] == 3:
-        from partlab.features import extract_features, get_extractor
-
-        if extractor is None or isinstance(extractor, str):
-            extractor = get_extractor("auto" if extractor is None else extractor)
-        return extract_features(extractor, images_or_features, layers=layers, batch_size=batch_size)
-    return images_or_features
-
-
-def dff_parts(images_or_features: torch.Tensor, num_parts: int, fg: Optional[torch.Tensor] = None, *,
-              size: Optional[Size] = None, extractor=None, layers: Union[str, Sequence[str], dict] = "dff",
-              max_iter: int = 200, tol: float = 1e-4, seed: int = 0, temperature: float = 0.1,
-              batch_size: int = 32) -> Dict[str, torch.Tensor]:
+def dff_parts(features: torch.Tensor, num_parts: int, fg: Optional[torch.Tensor] = None, *,
+              size: Optional[Size] = None, max_iter: int = 200, tol: float = 1e-4, seed: int = 0,
+              temperature: float = 0.1) -> Dict[str, torch.Tensor]:
     """DFF part maps for a collection.
 
     Args:
-        images_or_features: images (N, 3, H, W) in [0, 1] (features are extracted with ``extractor``,
-            default :func:`partlab.features.get_extractor` ``("auto")``, layers of its ``"dff"`` recipe)
-            or features (N, C, h, w) with C != 3.
+        features: (N, C, h, w) non-negative features of the whole collection (e.g.
+            :func:`partlab.features.extract_features` with the extractor's ``"dff"`` layer recipe).
         num_parts: K, the number of foreground parts.
         fg: optional foreground mask (N, H, W) / (N, 1, H, W); see the module docstring for background.
-        size: output (H, W); default = the fg size, else the image size, else the feature size.
+        size: output (H, W); default = the fg size, else the feature size.
         temperature: softness of ``probs`` over the K normalised heatmaps (labels do not depend on it).
 
     Returns:
         dict(probs=(N, K+1, H, W), labels=(N, H, W)), channel 0 = background; with no fg also
         ``"background_factor"`` (index of the factor taken as background).
     """
-    images = images_or_features if images_or_features.dim() == 4 and images_or_features.shape[1] == 3 else None
-    feats = _features_of(images_or_features, extractor, layers, batch_size)
-    _check_features(feats)
-    N = feats.shape[0]
+    _check_features(features)
+    N = features.shape[0]
     fg = _prepare_fg(fg, N)
-    default = fg.shape[-2:] if fg is not None else (images.shape[-2:] if images is not None else feats.shape[-2:])
-    out_size = _as_size(size, tuple(default))
+    out_size = _as_size(size, tuple(fg.shape[-2:] if fg is not None else features.shape[-2:]))
     if fg is not None:
         fg = F.interpolate(fg, size=out_size, mode="bilinear", align_corners=False) if fg.shape[-2:] != out_size else fg
-        fg_low = F.adaptive_avg_pool2d(fg, feats.shape[-2:]).to(feats.device)          # (N, 1, h, w)
-        heat = dff(feats * fg_low, num_parts, size=out_size, max_iter=max_iter, tol=tol, seed=seed)
+        fg_low = F.adaptive_avg_pool2d(fg, features.shape[-2:]).to(features.device)          # (N, 1, h, w)
+        heat = dff(features * fg_low, num_parts, size=out_size, max_iter=max_iter, tol=tol, seed=seed)
         return _assemble(heat, fg, temperature)
-    heat = dff(feats, num_parts + 1, size=out_size, max_iter=max_iter, tol=tol, seed=seed)
+    heat = dff(features, num_parts + 1, size=out_size, max_iter=max_iter, tol=tol, seed=seed)
     background = int(border_share(heat).argmax())
     keep = [j for j in range(num_parts + 1) if j != background]
     # soft fg: a pixel is background where the background factor dominates

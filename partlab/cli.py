@@ -68,40 +68,18 @@ def _cmd_render(args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _network_kwargs(network: str) -> dict:
-    """The quick-mode U-Net of ``scops_quick_setup`` (the oracle gets the same one), or DeepLab with
-    ImageNet weights when they are in the local cache."""
-    return {"base_channels": 16, "depth": 3} if network == "unet" else {"pretrained": "auto"}
-
-
-def oracle_setup(category: str, size: int, n_train: int, seed: int, network: str, device: str):
-    """``(model, train_dataset, info)`` for the supervised oracle, shaped like ``scops_quick_setup``'s:
-    the same network and training budget (``QUICK_FIT``), trained on the true part labels."""
-    import torch
-
-    from partlab import utils
-    from partlab.data.synthetic import SyntheticParts
-    from partlab.methods import SupervisedOracle
-    from partlab.methods.scops import QUICK_FIT
-
-    dev = utils.device(device)
-    dataset = SyntheticParts(category, size=size, length=n_train, seed=seed, split="train")
-    torch.manual_seed(seed)
-    model = SupervisedOracle(dataset.num_parts, network=network, **_network_kwargs(network))
-    info = {"category": category, "size": size, "n_train": n_train, "num_parts": dataset.num_parts,
-            "device": utils.describe_device(dev), "fit": dict(QUICK_FIT, device=str(dev), seed=seed)}
-    return model, dataset, info
-
-
 def _training_setup(args, out: Path):
     if args.method == "oracle":
-        return oracle_setup(args.category, args.size, args.n_train, args.seed, args.network, args.device)
+        from partlab.methods.oracle import oracle_quick_setup
+
+        return oracle_quick_setup(args.category, args.size, args.n_train, args.seed, args.network, args.device)
     from partlab.methods.scops import scops_quick_setup
 
     saliency_path = out / "saliency_rbd.pt" if args.saliency == "rbd" else None   # rbd is slow: cache it
     return scops_quick_setup(args.category, size=args.size, n_train=args.n_train, seed=args.seed,
                              features=args.features, saliency=args.saliency, device=args.device,
-                             network=args.network, saliency_path=saliency_path, **_network_kwargs(args.network))
+                             network=args.network, saliency_path=saliency_path,
+                             **({} if args.network == "unet" else {"pretrained": "auto"}))
 
 
 def _fit_settings(recipe: dict, args, out: Path) -> dict:

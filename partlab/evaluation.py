@@ -146,12 +146,11 @@ def baseline_parts(name: str, images: torch.Tensor, fg: torch.Tensor, num_parts:
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choices: {list(BASELINES)}")
     extractor = extractor if extractor is not None else get_extractor(features, device=device)
+    feats = extract_features(extractor, images, layers=extractor.layers_for(name))
     if name == "kmeans":
-        feats = extract_features(extractor, images, layers=extractor.layers_for(name))
         out = baselines.kmeans_parts(feats, fg, num_parts, seed=seed)
     else:
-        out = baselines.dff_parts(images, num_parts, fg=fg, seed=seed, extractor=extractor,
-                                  layers=extractor.layers_for(name))
+        out = baselines.dff_parts(feats, num_parts, fg=fg, seed=seed)
     return {"probs": out["probs"], "labels": out["labels"], "centers": centers_of(out["probs"])}
 
 

@@ -264,6 +264,41 @@ def bar_chart(results: Mapping[str, Mapping[str, float]], metrics: Sequence[str]
     return fig
 
 
+def feature_pca(features, mask=None) -> "torch.Tensor":
+    """Features ``(N, C, h, w)`` as colours ``(N, 3, h, w)`` in [0, 1]: their three main directions.
+
+    The principal components are those of the whole collection (one colour code for every image),
+    over the pixels where ``mask`` ``(N, 1, h, w)`` or ``(N, h, w)`` is >= 0.5 (all pixels when
+    ``None``); each component is scaled to [0, 1] over those pixels, and pixels outside the mask are
+    black. Features are rectified first (``relu``), as the losses see them.
+    """
+    import torch
+
+    features = torch.as_tensor(features).float()
+    if features.dim() != 4:
+        raise ValueError(f"features must have shape (N, C, h, w), got {tuple(features.shape)}")
+    x = features.relu().permute(0, 2, 3, 1)                                    # (N, h, w, C)
+    if mask is None:
+        inside = torch.ones(x.shape[:3], dtype=torch.bool)
+    else:
+        mask = torch.as_tensor(mask).float()
+        inside = (mask[:, 0] if mask.dim() == 4 else mask) >= 0.5              # (N, h, w)
+        if inside.shape != x.shape[:3]:
+            raise ValueError(f"mask must cover the features' (N, h, w) = {tuple(x.shape[:3])}, got {tuple(mask.shape)}")
+    picked = x[inside]                                                         # (P, C)
+    if picked.shape[0] < 2:
+        return torch.zeros(x.shape[0], 3, *x.shape[1:3])
+    mean = picked.mean(0)
+    q = min(3, picked.shape[1])
+    directions = torch.linalg.eigh(torch.cov((picked - mean).T).reshape(picked.shape[1], -1))[1][:, -q:]
+    pcs = (x - mean) @ directions.flip(1)                                      # (N, h, w, q), strongest first
+    lo, hi = pcs[inside].amin(0), pcs[inside].amax(0)
+    pcs = ((pcs - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1) * inside[..., None]
+    if q < 3:
+        pcs = torch.cat([pcs, torch.zeros(*pcs.shape[:3], 3 - q)], dim=-1)
+    return pcs.permute(0, 3, 1, 2)
+
+
 def confusion(pred_labels, true_labels, *, pred_names: Optional[Sequence[str]] = None,
               true_names: Optional[Sequence[str]] = None, ax=None, title: str = ""):
     """Row-normalised co-occurrence of true parts (rows) and predicted parts (columns) over all pixels.

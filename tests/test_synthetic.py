@@ -327,3 +327,16 @@ def test_config_presets_and_coercion():
 
 def test_docstring_examples():
     assert doctest.testmod(synthetic, raise_on_error=False).failed == 0
+
+
+def test_one_hot_parts_is_a_perfect_prediction():
+    from partlab.data import one_hot_parts
+
+    labels = torch.tensor([[[0, 2], [1, 1]]])
+    probs = one_hot_parts(labels, 3)
+    assert probs.shape == (1, 4, 2, 2) and torch.equal(probs.argmax(1), labels)
+    assert torch.equal(probs.sum(1), torch.ones(1, 2, 2))
+    with pytest.raises(ValueError, match="outside 0..1"):
+        one_hot_parts(labels, 1)
+    with pytest.raises(ValueError, match="integer"):
+        one_hot_parts(labels.float(), 3)

@@ -84,3 +84,19 @@ def test_confusion_rows_are_where_each_true_part_went():
     plt.close(ax.figure)
     with pytest.raises(ValueError, match="same shape"):
         viz.confusion(pred[:1], true)
+
+
+def test_feature_pca_colours_the_main_direction_inside_the_mask():
+    features = torch.zeros(2, 5, 4, 4)
+    features[:, 2, :, :2] = 3.0                     # left half differs from the right along channel 2
+    mask = torch.ones(2, 1, 4, 4)
+    mask[1, :, 0, 0] = 0
+    colours = viz.feature_pca(features, mask)
+    assert colours.shape == (2, 3, 4, 4) and colours.min() >= 0 and colours.max() <= 1
+    first = colours[:, 0]                           # the strongest component separates the halves
+    assert torch.allclose(first[0, :, :2].std(), torch.tensor(0.0), atol=1e-6)
+    assert (first[0, :, :2] - first[0, :, 2:]).abs().min() > 0.99
+    assert colours[1, :, 0, 0].abs().sum() == 0     # masked out: black
+    assert viz.feature_pca(torch.rand(1, 2, 3, 3)).shape == (1, 3, 3, 3)
+    with pytest.raises(ValueError, match=r"\(N, C, h, w\)"):
+        viz.feature_pca(torch.rand(5, 3, 3))

@@ -2,9 +2,10 @@
 articulated, textured objects with exact part labels, landmarks and clips (see its docstring)."""
 
 from .collate import stack_dataset
+from .labels import one_hot_parts
 from .synthetic import (CATEGORIES, LANDMARK_NAMES, LANDMARK_PARTS, PART_NAMES, SPLITS, SyntheticClips,
                         SyntheticConfig, SyntheticParts, num_parts, render, render_clip)
 
 __all__ = ["CATEGORIES", "PART_NAMES", "LANDMARK_NAMES", "LANDMARK_PARTS", "SPLITS", "SyntheticConfig",
            "num_parts", "render", "render_clip", "SyntheticParts", "SyntheticClips",
-           "stack_dataset"]
+           "one_hot_parts", "stack_dataset"]

@@ -6,8 +6,8 @@ trains every one of them; :func:`load_method` rebuilds a trained one from its ru
 """
 
 from partlab.methods.base import PartSegmenter, check_images
-from partlab.methods.oracle import SupervisedOracle
+from partlab.methods.oracle import SupervisedOracle, oracle_quick_setup
 from partlab.methods.scops import SCOPS
 from partlab.methods.runs import METHODS, load_method
 
-__all__ = ["METHODS", "PartSegmenter", "SCOPS", "SupervisedOracle", "check_images", "load_method"]
+__all__ = ["METHODS", "PartSegmenter", "SCOPS", "SupervisedOracle", "check_images", "load_method", "oracle_quick_setup"]

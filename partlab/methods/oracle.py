@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from partlab.methods.base import PartSegmenter, check_images
-from partlab.models import build_network
+from partlab.models import QUICK_UNET, build_network
 
 
 class SupervisedOracle(PartSegmenter):
@@ -66,3 +66,32 @@ class SupervisedOracle(PartSegmenter):
             return [{"params": self.network.backbone_parameters()},
                     {"params": self.network.head_parameters(), "lr": 10 * config.lr}]
         return [{"params": list(self.parameters())}]
+
+
+# Quick-mode oracle training (U-Net, 64 px, CPU): the settings of notebook 01's benchmark.
+ORACLE_QUICK_FIT = {"max_steps": 300, "batch_size": 8, "lr": 2e-3, "optimizer": "adam", "log_every": 25}
+
+
+def oracle_quick_setup(category: str = "bird", size: int = 64, n_train: int = 512, seed: int = 0,
+                       network: str = "unet", device: str = "auto"):
+    """``(model, train_dataset, info)`` for the supervised oracle, shaped like SCOPS' quick setup:
+    the same quick-mode network (:data:`partlab.models.QUICK_UNET`) trained on the true part labels
+    of ``n_train`` synthetic ``"train"`` images; ``info["fit"]`` holds the :func:`partlab.train.fit`
+    keyword arguments (:data:`ORACLE_QUICK_FIT`). ``network="deeplab"`` uses ImageNet weights when
+    they are in the local cache.
+
+    >>> model, data, info = oracle_quick_setup("face", size=32, n_train=8, device="cpu")
+    >>> model.num_parts, len(data), info["fit"]["max_steps"]
+    (7, 8, 300)
+    """
+    from partlab import utils
+    from partlab.data.synthetic import SyntheticParts
+
+    dev = utils.device(device)
+    dataset = SyntheticParts(category, size=size, length=n_train, seed=seed, split="train")
+    torch.manual_seed(seed)
+    kwargs = QUICK_UNET if network == "unet" else {"pretrained": "auto"}
+    model = SupervisedOracle(dataset.num_parts, network=network, **kwargs)
+    info = {"category": category, "size": size, "n_train": n_train, "num_parts": dataset.num_parts,
+            "device": utils.describe_device(dev), "fit": dict(ORACLE_QUICK_FIT, device=str(dev), seed=seed)}
+    return model, dataset, info

@@ -63,7 +63,7 @@ from partlab.losses import (
     semantic_consistency_loss,
 )
 from partlab.methods.base import PartSegmenter, check_images
-from partlab.models import build_network
+from partlab.models import QUICK_UNET, build_network
 
 __all__ = ["ABLATIONS", "SCOPS", "postprocess_labels", "scops_quick_setup", "train_variants"]
 
@@ -381,8 +381,7 @@ class SCOPS(PartSegmenter):
 # quick mode
 # ---------------------------------------------------------------------------------------------
 
-# Quick-mode settings (U-Net, 64 px, CPU), measured on the synthetic birds; see scops_quick_setup.
-QUICK_WEIGHTS: dict[str, float] = {}
+# Quick-mode settings (U-Net, 64 px, CPU); see scops_quick_setup.
 QUICK_FIT: dict[str, Any] = {"max_steps": 800, "batch_size": 8, "lr": 1e-3, "optimizer": "adam",
                              "log_every": 20}
 
@@ -432,8 +431,7 @@ def scops_quick_setup(category: str = "bird", size: int = 64, n_train: int = 512
     k = category_parts(category) if num_parts is None else int(num_parts)
     settings = {"network": network, "feature_channels": feats.shape[1], "saliency": "batch"}
     if network == "unet":
-        settings.update(base_channels=16, depth=3)
-    settings.update(QUICK_WEIGHTS)
+        settings.update(QUICK_UNET)
     settings.update(scops_kwargs)
     torch.manual_seed(seed)
     model = SCOPS(k, **settings)
@@ -448,7 +446,7 @@ def scops_quick_setup(category: str = "bird", size: int = 64, n_train: int = 512
         "size": size,
         "n_train": n_train,
         "weights": dict(model.weights),
-        "model_kwargs": {k: v for k, v in settings.items()},
+        "model_kwargs": dict(settings),
         "fit": dict(QUICK_FIT, device=str(dev), seed=seed),
     }
     return model, train, info

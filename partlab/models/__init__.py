@@ -15,6 +15,9 @@ from partlab.models.unet import UNet
 
 NETWORKS: dict[str, type[nn.Module]] = {"unet": UNet, "deeplab": DeepLabV2}
 
+# The U-Net of CPU quick mode, shared by every method and the oracle (same capacity, fair comparison).
+QUICK_UNET: dict[str, int] = {"base_channels": 16, "depth": 3}
+
 
 def build_network(name: str, out_channels: int, **kwargs) -> nn.Module:
     """Build a network by name (``"unet"`` or ``"deeplab"``); ``kwargs`` go to its constructor.
@@ -27,4 +30,4 @@ def build_network(name: str, out_channels: int, **kwargs) -> nn.Module:
     return NETWORKS[name](out_channels, **kwargs)
 
 
-__all__ = ["DeepLabV2", "NETWORKS", "UNet", "build_network"]
+__all__ = ["DeepLabV2", "NETWORKS", "QUICK_UNET", "UNet", "build_network"]
