@@ -4,7 +4,7 @@
     partlab render --category bird -n 16 out.png   a grid of synthetic samples with part overlays
     partlab train {oracle,scops} [--category bird] [--size 64] [--steps N] [--out DIR] [--resume] ...
                                                train on the synthetic world into a run folder
-    partlab evaluate --run DIR [--run DIR2] [--baseline kmeans|dff] [--json out.json]
+    partlab evaluate --run DIR [--run DIR2] [--baseline kmeans|dff] [--baseline-mask true|rbd|none] [--json out.json]
                                                one benchmark table (partlab.evaluation) on the synthetic test split
     partlab segment --run DIR IMAGE... [--out DIR]  part overlays and label maps of your own PNG/JPG images
     partlab notebooks run [--quick] [--only NAME] [-p KEY VALUE] [--html]   the curriculum (papermill)
@@ -187,6 +187,7 @@ def _cmd_evaluate(args) -> int:
     if not args.run and not args.baseline:
         raise ValueError("nothing to evaluate: give --run DIR (a folder from `partlab train scops --out DIR`) "
                          "and/or --baseline kmeans|dff")
+    args.baseline_mask = args.baseline_mask or ["true"]
     runs = [load_method(path) for path in args.run]
     category = _pick("category", args.category, [meta["category"] for _, meta in runs]) or "bird"
     size = _pick("size", args.size, [meta["size"] for _, meta in runs]) or 64
@@ -205,10 +206,11 @@ def _cmd_evaluate(args) -> int:
 
         extractor = get_extractor(args.features, device=args.device)
         for baseline in args.baseline:
-            name = _unique_name(f"{baseline} ({extractor.name})", results)
-            results[name], _ = evaluation.score_baseline(baseline, train, test, category=category,
-                                                         num_parts=num_parts(category), extractor=extractor,
-                                                         seed=args.seed)
+            for mask in args.baseline_mask:
+                name = _unique_name(f"{baseline} ({extractor.name}, {mask} mask)", results)
+                results[name], _ = evaluation.score_baseline(baseline, train, test, category=category,
+                                                             num_parts=num_parts(category), extractor=extractor,
+                                                             seed=args.seed, mask=mask)
     print(evaluation.format_table(results))
     if args.json:
         path = Path(args.json)
@@ -338,6 +340,10 @@ def _add_evaluate_parser(sub) -> None:
                           help="a run folder from `partlab train` (repeatable)")
     evaluate.add_argument("--baseline", action="append", default=[], choices=("kmeans", "dff"),
                           help="a training-free baseline (repeatable)")
+    evaluate.add_argument("--baseline-mask", action="append", choices=("true", "rbd", "none"), metavar="MASK",
+                          help="where the baselines look for parts (repeatable): true (the true foreground, the "
+                               "default), rbd (the unsupervised saliency SCOPS gets: the fair comparison for it), "
+                               "none (the whole image)")
     evaluate.add_argument("--category", help="default: the runs' category, else bird")
     evaluate.add_argument("--size", type=_positive_int, help="default: the runs' size, else 64")
     evaluate.add_argument("--n-test", type=_positive_int, default=200)

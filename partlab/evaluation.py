@@ -154,14 +154,44 @@ def baseline_parts(name: str, images: torch.Tensor, fg: torch.Tensor, num_parts:
     return {"probs": out["probs"], "labels": out["labels"], "centers": centers_of(out["probs"])}
 
 
+BASELINE_MASKS = ("true", "rbd", "none")
+
+
+def baseline_mask(images: torch.Tensor, fg: torch.Tensor, mask: str = "true", *, threshold: float = 0.5) -> torch.Tensor:
+    """Where a baseline looks for parts -> ``(N, 1, H, W)`` bool.
+
+    ``"true"``: the true foreground ``fg`` (the contrastive paper's K-means protocol: that method is
+    trained with masks, so its baselines get them too; localisation is then given, not found).
+    ``"rbd"``: the unsupervised saliency of :func:`partlab.saliency.saliency_maps` above ``threshold``:
+    the same evidence SCOPS gets, so the fair comparison for a method trained without masks.
+    ``"none"``: every pixel (DFF on whole images, as in the SCOPS paper's comparison).
+    """
+    if mask not in BASELINE_MASKS:
+        raise ValueError(f"mask={mask!r}; choose one of {BASELINE_MASKS}")
+    n, _, h, w = images.shape
+    if mask == "true":
+        return fg.reshape(n, 1, h, w).bool()
+    if mask == "none":
+        return torch.ones(n, 1, h, w, dtype=torch.bool)
+    from partlab.saliency import saliency_maps
+
+    return saliency_maps(images, method="rbd").reshape(n, 1, h, w) > threshold
+
+
 def score_baseline(name: str, train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor], *,
-                   category: Optional[str] = None, num_parts: Optional[int] = None, **kwargs):
+                   category: Optional[str] = None, num_parts: Optional[int] = None, mask: str = "true", **kwargs):
     """Fit a baseline on the train and test images together (a collection-level method), score the
-    test part -> (metrics, test predictions)."""
+    test part -> (metrics, test predictions).
+
+    ``mask`` (:func:`baseline_mask`): ``"true"`` foreground (default), ``"rbd"`` saliency (what a
+    method trained without masks, like SCOPS, sees) or ``"none"``. The scores are always against the
+    true parts; only the baseline's input changes.
+    """
     k = int(num_parts) if num_parts is not None else int(test["parts"].max())
     n = len(train["image"])
-    pred = baseline_parts(name, torch.cat([train["image"], test["image"]]), torch.cat([train["fg"], test["fg"]]),
-                          k, **kwargs)
+    images = torch.cat([train["image"], test["image"]])
+    fg = baseline_mask(images, torch.cat([train["fg"], test["fg"]]), mask)
+    pred = baseline_parts(name, images, fg, k, **kwargs)
     pred_train, pred_test = split_predictions(pred, n)
     scores = score_parts(pred_test, test, pred_train=pred_train, truth_train=train, category=category)
     return scores, pred_test

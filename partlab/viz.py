@@ -223,6 +223,30 @@ def show_soft_parts(probs, *, images=None, centers=None, titles: Optional[Sequen
     return fig
 
 
+def compare_segmentations(images, rows: Mapping[str, "torch.Tensor"], *, n: int = 6, alpha: float = 0.75,
+                          cell: float = 1.5):
+    """One row of part overlays per method on the same images (SCOPS Figure 5 style).
+
+    Args:
+        images: ``(N, 3, H, W)`` in [0, 1]; the first ``n`` are shown.
+        rows: ``{name: labels (N, H, W)}``, e.g. ``{"truth": test["parts"], "full": ..., "w/o L_sc": ...}``;
+            colours are each row's own label numbers (unsupervised parts are not matched to the truth).
+    """
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("rows is empty: give {name: labels (N, H, W)}")
+    n = min(int(n), len(images))
+    fig, axes = plt.subplots(len(rows), n, figsize=(cell * n, cell * len(rows)), squeeze=False)
+    for r, (name, labels) in enumerate(rows.items()):
+        for i in range(n):
+            axes[r, i].imshow(overlay(images[i], labels[i], alpha))
+            axes[r, i].set_axis_off()
+        axes[r, 0].set_title(name, loc="left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def part_legend(ax, names: Sequence[str], loc: str = "upper right") -> None:
     """A legend mapping palette colours to part names (``names[0]`` is the background)."""
     from matplotlib.patches import Patch

@@ -135,12 +135,12 @@ def test_load_method_errors_name_what_is_missing(tmp_path):
 def test_evaluate_runs_and_a_baseline_into_one_table_and_json(runs, tmp_path, capsys):
     out = tmp_path / "metrics.json"
     assert cli.main(["evaluate", "--run", str(runs["scops"]), "--run", str(runs["oracle"]), "--baseline", "kmeans",
-                     "--features", "rgb", "--n-test", "6", "--n-train", "16", "--device", "cpu",
+                     "--baseline-mask", "true", "--baseline-mask", "none", "--features", "rgb", "--n-test", "6", "--n-train", "16", "--device", "cpu",
                      "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "synthetic bird, 32 px" in printed and "landmark_error" in printed
     results = json.loads(out.read_text())
-    assert list(results) == ["scops_bird", "oracle_bird", "kmeans (rgb)"]
+    assert list(results) == ["scops_bird", "oracle_bird", "kmeans (rgb, true mask)", "kmeans (rgb, none mask)"]
     for metrics in results.values():
         assert {"fg_ari", "miou", "landmark_error"} <= set(metrics)
         assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())

@@ -57,3 +57,20 @@ def test_predict_dataset_and_table(split):
     assert "fg_ari ↑" in table and "landmark_error ↓" in table and "0.900" in table
     first, second = evaluation.split_predictions(pred, 5)
     assert len(first["labels"]) == 5 and len(second["labels"]) == 7
+
+
+def test_baseline_masks_change_the_input_not_the_truth(split):
+    train, test = split
+    images, fg = test["image"], test["fg"]
+    true = evaluation.baseline_mask(images, fg, "true")
+    assert true.dtype == torch.bool and true.shape == (12, 1, 32, 32) and torch.equal(true, fg.bool())
+    assert evaluation.baseline_mask(images, fg, "none").all()
+    rbd = evaluation.baseline_mask(images, fg, "rbd")
+    inter, union = (rbd & true).sum(), (rbd | true).sum()
+    assert 0.2 < float(inter) / float(union) < 1.0          # the saliency finds the bird, imperfectly
+    with pytest.raises(ValueError, match="mask='oracle'.*true"):
+        evaluation.baseline_mask(images, fg, "oracle")
+    given, _ = evaluation.score_baseline("kmeans", train, test, category="bird", features="rgb", device="cpu")
+    blind, _ = evaluation.score_baseline("kmeans", train, test, category="bird", features="rgb", device="cpu",
+                                         mask="none")
+    assert given["fg_iou"] == pytest.approx(1.0) and blind["fg_iou"] < 0.5   # scored against the true parts

@@ -100,3 +100,18 @@ def test_feature_pca_colours_the_main_direction_inside_the_mask():
     assert viz.feature_pca(torch.rand(1, 2, 3, 3)).shape == (1, 3, 3, 3)
     with pytest.raises(ValueError, match=r"\(N, C, h, w\)"):
         viz.feature_pca(torch.rand(5, 3, 3))
+
+
+def test_compare_segmentations_one_row_per_method():
+    import matplotlib.pyplot as plt
+
+    images = torch.rand(4, 3, 8, 8)
+    labels = torch.randint(0, 3, (4, 8, 8))
+    fig = viz.compare_segmentations(images, {"truth": labels, "full": labels.flip(-1)}, n=6)
+    assert len(fig.axes) == 2 * 4                                    # n clipped to the 4 images
+    assert fig.axes[0].get_title(loc="left") == "truth" and fig.axes[4].get_title(loc="left") == "full"
+    first = fig.axes[0].get_images()[0].get_array()
+    assert np.allclose(first, viz.overlay(images[0], labels[0], 0.75))
+    plt.close(fig)
+    with pytest.raises(ValueError, match="rows is empty"):
+        viz.compare_segmentations(images, {})

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from partlab import evaluation
-from partlab.methods.scops import scops_quick_setup, train_variants
+from partlab.methods.scops import QUICK_WEIGHTS, scops_quick_setup, train_variants
 from partlab.widgets import WEIGHT_NAMES, weight_explorer
 
 
@@ -29,6 +29,15 @@ def test_variants_share_the_initialisation_and_switch_terms_off(setup):
     assert "con" not in trained.history[-1] and math.isfinite(trained.history[-1]["loss"])
     with pytest.raises(ValueError, match="unknown ablation"):
         train_variants(["no_such"], train, info)
+
+
+def test_quick_setup_uses_the_quick_weights_and_takes_overrides(setup):
+    train, info = setup[0], setup[1]
+    assert info["weights"]["con"] == QUICK_WEIGHTS["lambda_con"] == 300.0       # quick mode's one change
+    assert info["weights"]["sc"] == 1e4 and info["weights"]["lmeqv"] == 1e2      # the rest: the paper's
+    model, _, mine = scops_quick_setup("bird", size=32, n_train=8, features="rgb", saliency="oracle",
+                                       device="cpu", lambda_con=10.0)
+    assert model.weights["con"] == mine["weights"]["con"] == 10.0
 
 
 def test_explorer_runs_what_the_button_runs(setup):
