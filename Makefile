@@ -31,6 +31,7 @@ lab: setup
 ## bench: speed benchmarks (print numbers; never part of the tests)
 bench: setup
 	$(BIN)/python scripts/bench_synthetic.py
+	$(BIN)/python scripts/bench_scops.py
 
 clean:
 	rm -rf outputs .pytest_cache
