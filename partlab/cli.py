@@ -205,12 +205,13 @@ def _cmd_evaluate(args) -> int:
         from partlab.features import get_extractor
 
         extractor = get_extractor(args.features, device=args.device)
-        for baseline in args.baseline:
-            for mask in args.baseline_mask:
-                name = _unique_name(f"{baseline} ({extractor.name}, {mask} mask)", results)
-                results[name], _ = evaluation.score_baseline(baseline, train, test, category=category,
-                                                             num_parts=num_parts(category), extractor=extractor,
-                                                             seed=args.seed, mask=mask)
+        scores, _ = evaluation.score_baselines(train, test, names=list(dict.fromkeys(args.baseline)),
+                                               masks=list(dict.fromkeys(args.baseline_mask)),
+                                               label=f"{{name}} ({extractor.name}, {{mask}} mask)",
+                                               extractor=extractor, device=args.device, category=category,
+                                               num_parts=num_parts(category), seed=args.seed)
+        for name, row in scores.items():
+            results[_unique_name(name, results)] = row
     print(evaluation.format_table(results))
     if args.json:
         path = Path(args.json)

@@ -179,22 +179,64 @@ def baseline_mask(images: torch.Tensor, fg: torch.Tensor, mask: str = "true", *,
 
 
 def score_baseline(name: str, train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor], *,
-                   category: Optional[str] = None, num_parts: Optional[int] = None, mask: str = "true", **kwargs):
+                   category: Optional[str] = None, num_parts: Optional[int] = None,
+                   mask: "str | torch.Tensor" = "true", **kwargs):
     """Fit a baseline on the train and test images together (a collection-level method), score the
     test part -> (metrics, test predictions).
 
     ``mask`` (:func:`baseline_mask`): ``"true"`` foreground (default), ``"rbd"`` saliency (what a
-    method trained without masks, like SCOPS, sees) or ``"none"``. The scores are always against the
-    true parts; only the baseline's input changes.
+    method trained without masks, like SCOPS, sees), ``"none"``, or the ``(N_train + N_test, 1, H, W)``
+    bool mask itself. The scores are always against the true parts; only the baseline's input changes.
     """
     k = int(num_parts) if num_parts is not None else int(test["parts"].max())
     n = len(train["image"])
     images = torch.cat([train["image"], test["image"]])
-    fg = baseline_mask(images, torch.cat([train["fg"], test["fg"]]), mask)
+    fg = baseline_mask(images, torch.cat([train["fg"], test["fg"]]), mask) if isinstance(mask, str) else mask
     pred = baseline_parts(name, images, fg, k, **kwargs)
     pred_train, pred_test = split_predictions(pred, n)
     scores = score_parts(pred_test, test, pred_train=pred_train, truth_train=train, category=category)
     return scores, pred_test
+
+
+def score_baselines(train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor], *,
+                    names: Sequence[str] = BASELINES, masks: Sequence[str] = ("true",),
+                    label: str = "{name} ({mask})", extractor=None, features: str = "auto", device="auto",
+                    **kwargs):
+    """:func:`score_baseline` for every baseline in ``names`` on every mask in ``masks``, with one
+    extractor and each mask computed once -> ``(results, predictions)``, both keyed by
+    ``label.format(name=..., mask=...)`` (e.g. ``"kmeans (rbd)"``), masks outer, names inner."""
+    from partlab.features import get_extractor
+
+    extractor = extractor if extractor is not None else get_extractor(features, device=device)
+    images = torch.cat([train["image"], test["image"]])
+    fg = torch.cat([train["fg"], test["fg"]])
+    results: Dict[str, Dict[str, float]] = {}
+    predictions: Dict[str, Dict[str, torch.Tensor]] = {}
+    for mask in masks:
+        where = baseline_mask(images, fg, mask)
+        for name in names:
+            key = label.format(name=name, mask=mask)
+            results[key], predictions[key] = score_baseline(name, train, test, mask=where, extractor=extractor,
+                                                            device=device, **kwargs)
+    return results, predictions
+
+
+def rank(results: Mapping[str, Mapping[str, float]], metric: str, names: Optional[Sequence[str]] = None) -> list:
+    """``names`` (default: every row of ``results``) from best to worst on ``metric`` (:data:`HIGHER_IS_BETTER`)."""
+    names = list(results) if names is None else list(names)
+    return sorted(names, key=lambda n: results[n][metric], reverse=HIGHER_IS_BETTER.get(metric, True))
+
+
+def margins(results: Mapping[str, Mapping[str, float]], method: str, others: Sequence[str],
+            metrics: Sequence[str] = ("fg_ari", "landmark_error")) -> Dict[str, float]:
+    """How much ``method`` beats each of ``others``: ``{"<other>.<metric>": margin}``, positive when
+    ``method`` is better (``results[method] - results[other]``, sign flipped for lower-is-better metrics)."""
+    out = {}
+    for other in others:
+        for metric in metrics:
+            sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
+            out[f"{other}.{metric}"] = sign * (results[method][metric] - results[other][metric])
+    return out
 
 
 def score_model(model, train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor], *,

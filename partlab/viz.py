@@ -232,16 +232,13 @@ def compare_segmentations(images, rows: Mapping[str, "torch.Tensor"], *, n: int 
         rows: ``{name: labels (N, H, W)}``, e.g. ``{"truth": test["parts"], "full": ..., "w/o L_sc": ...}``;
             colours are each row's own label numbers (unsupervised parts are not matched to the truth).
     """
-    import matplotlib.pyplot as plt
-
     if not rows:
         raise ValueError("rows is empty: give {name: labels (N, H, W)}")
     n = min(int(n), len(images))
-    fig, axes = plt.subplots(len(rows), n, figsize=(cell * n, cell * len(rows)), squeeze=False)
+    fig, axes = _grid(n * len(rows), n, cell)
     for r, (name, labels) in enumerate(rows.items()):
         for i in range(n):
-            axes[r, i].imshow(overlay(images[i], labels[i], alpha))
-            axes[r, i].set_axis_off()
+            axes[r, i].imshow(overlay(images[i], labels[i], alpha), interpolation="nearest")
         axes[r, 0].set_title(name, loc="left", fontsize=8)
     fig.tight_layout()
     return fig

@@ -74,3 +74,25 @@ def test_baseline_masks_change_the_input_not_the_truth(split):
     blind, _ = evaluation.score_baseline("kmeans", train, test, category="bird", features="rgb", device="cpu",
                                          mask="none")
     assert given["fg_iou"] == pytest.approx(1.0) and blind["fg_iou"] < 0.5   # scored against the true parts
+
+
+def test_score_baselines_is_score_baseline_for_every_name_and_mask(split):
+    train, test = split
+    kw = dict(category="bird", features="rgb", device="cpu")
+    results, predictions = evaluation.score_baselines(train, test, names=["kmeans"], masks=("true", "none"), **kw)
+    assert list(results) == ["kmeans (true)", "kmeans (none)"] == list(predictions)
+    for mask in ("true", "none"):
+        one, _ = evaluation.score_baseline("kmeans", train, test, mask=mask, **kw)
+        assert results[f"kmeans ({mask})"] == pytest.approx(one)
+    named, _ = evaluation.score_baselines(train, test, names=["dff"], label="{name}/{mask}", **kw)
+    assert list(named) == ["dff/true"]
+
+
+def test_rank_and_margins_follow_which_way_is_better():
+    results = {"a": {"fg_ari": 0.3, "landmark_error": 0.20}, "b": {"fg_ari": 0.1, "landmark_error": 0.25},
+               "c": {"fg_ari": 0.2, "landmark_error": 0.10}}
+    assert evaluation.rank(results, "fg_ari") == ["a", "c", "b"]
+    assert evaluation.rank(results, "landmark_error", ["a", "b"]) == ["a", "b"]
+    margin = evaluation.margins(results, "a", ["b", "c"])
+    assert margin == pytest.approx({"b.fg_ari": 0.2, "b.landmark_error": 0.05,
+                                    "c.fg_ari": 0.1, "c.landmark_error": -0.10})
