@@ -274,6 +274,31 @@ def test_short_fit_leaves_finite_weights_and_trains_basis():
     assert ALL_TERMS <= set(model.history[-1])
 
 
+def test_nan_features_skip_the_step_and_never_reach_the_weights():
+    n = 8
+    features = torch.rand(n, C, 8, 8)
+    features[0] = math.nan                              # one corrupt item in the collection
+    train = WithExtras(ItemDataset(n), features=features, saliency=torch.rand(n, 1, S, S))
+    model = _model()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    batch = {"image": torch.stack([train[i]["image"] for i in range(4)]), "features": features[:4],
+             "saliency": torch.rand(4, 1, S, S)}
+    out = model.losses(batch)
+    assert math.isnan(out["sc"]) and math.isnan(out["loss"].item())
+    assert torch.isfinite(out["con"]) and torch.isfinite(out["orthonormal"])  # the other terms stay finite
+    # one epoch = two batches of 4: exactly one holds the corrupt item and is skipped, the other trains
+    fit(model, train, max_steps=2, batch_size=4, lr=1e-3, progress=False, device="cpu", log_every=1)
+    assert model.history[-1]["skipped"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(model.basis.detach(), before["basis"])              # the clean step did train
+    # every step corrupt: a clear error after max_nonfinite_steps, weights those of the last finite step
+    model = _model()
+    train = WithExtras(ItemDataset(n), features=torch.full((n, C, 8, 8), math.nan), saliency=torch.rand(n, 1, S, S))
+    with pytest.raises(RuntimeError, match="consecutive non-finite steps.*sc"):
+        fit(model, train, max_steps=10, batch_size=4, max_nonfinite_steps=3, progress=False, device="cpu")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 # --- inference ----------------------------------------------------------------------------------
 
 
