@@ -2,11 +2,20 @@
 
 - :mod:`partlab.losses.scops`: SCOPS Eq. (2)-(5): concentration, equivariance, semantic
   consistency, orthonormality.
+- :mod:`partlab.losses.contrastive`: contrastive part discovery: part consistency (L_f, L_v),
+  part prototypes and the contrastive loss (L_c), equivariance on the foreground (L_e).
 
 Each loss is a function returning a scalar tensor; its docstring gives the equation, the shapes
 and the reduction.
 """
 
+from partlab.losses.contrastive import (
+    masked_equivariance_loss,
+    part_consistency_loss,
+    part_contrastive_loss,
+    part_prototypes,
+    rgb_to_lab,
+)
 from partlab.losses.scops import (
     concentration_loss,
     equivariance_center_loss,
@@ -21,6 +30,11 @@ __all__ = [
     "equivariance_center_loss",
     "equivariance_kl_loss",
     "equivariance_loss",
+    "masked_equivariance_loss",
     "orthonormal_loss",
+    "part_consistency_loss",
+    "part_contrastive_loss",
+    "part_prototypes",
+    "rgb_to_lab",
     "semantic_consistency_loss",
 ]

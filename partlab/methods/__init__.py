@@ -6,8 +6,10 @@ trains every one of them; :func:`load_method` rebuilds a trained one from its ru
 """
 
 from partlab.methods.base import PartSegmenter, check_images
+from partlab.methods.contrastive import ContrastiveParts, contrastive_quick_setup
 from partlab.methods.oracle import SupervisedOracle, oracle_quick_setup
 from partlab.methods.scops import SCOPS
 from partlab.methods.runs import METHODS, load_method
 
-__all__ = ["METHODS", "PartSegmenter", "SCOPS", "SupervisedOracle", "check_images", "load_method", "oracle_quick_setup"]
+__all__ = ["METHODS", "ContrastiveParts", "PartSegmenter", "SCOPS", "SupervisedOracle", "check_images",
+           "contrastive_quick_setup", "load_method", "oracle_quick_setup"]

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from partlab.methods.base import PartSegmenter
+from partlab.methods.contrastive import ContrastiveParts
 from partlab.methods.oracle import SupervisedOracle
 from partlab.methods.scops import SCOPS
 
@@ -40,7 +41,8 @@ MODEL_JSON = "model.json"
 _EXTRACTOR_KEY = "feature_extractor"
 
 # Methods a run folder can hold, by class name (the "method" of model.json).
-METHODS: dict[str, type[PartSegmenter]] = {"SCOPS": SCOPS, "SupervisedOracle": SupervisedOracle}
+METHODS: dict[str, type[PartSegmenter]] = {"ContrastiveParts": ContrastiveParts, "SCOPS": SCOPS,
+                                            "SupervisedOracle": SupervisedOracle}
 
 
 def constructor_kwargs(model: PartSegmenter) -> dict[str, Any]:

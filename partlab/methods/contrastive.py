@@ -1,0 +1,352 @@
+"""Contrastive part discovery (Choudhury et al., NeurIPS 2021), as one ``nn.Module``.
+
+The network predicts, at every pixel, a distribution over K parts *of the object* (softmax over K
+channels, no background among them) and, in partlab, a foreground logit. The parts are trained on
+the foreground only (``fg``: the true mask in the paper's main setting, or an unsupervised
+saliency mask) by four losses (:mod:`partlab.losses.contrastive`):
+
+==========  ==================================================================  =========================
+dict key    term                                                                weight (original, CUB)
+==========  ==================================================================  =========================
+``"f"``     L_f, feature reconstruction: within-part variance of CNN features   ``lambda_f`` 5
+            (``part_consistency_loss``, summed over the images of a batch)
+``"c"``     L_c, contrastive: part prototypes match the same part of another    ``lambda_c`` 2.3e3
+            image, not the other parts (``part_contrastive_loss``, t = 0.19)
+``"v"``     L_v, visual consistency: within-part variance of the Lab image      ``lambda_v`` 30
+            (``part_consistency_loss``, averaged over the images)
+``"e"``     L_e, equivariance: parts of the warped, jittered image = the        ``lambda_e`` 5.7e3
+            warped parts, on the warped foreground (``masked_equivariance_loss``)
+``"fg"``    partlab's foreground head: binary cross-entropy against ``fg``      ``lambda_fg`` 1
+==========  ==================================================================  =========================
+
+The foreground head replaces the paper's separate foreground network: at test time the original
+takes masks from a DeepLab-v2 trained for foreground/background segmentation on the same masks;
+here one more output channel of the same network is trained on them (``lambda_fg = 0`` and
+``predict(images, fg=...)`` use masks from elsewhere). It lets :meth:`predict` return the
+``(B, K+1, H, W)`` maps of every partlab method::
+
+    p_bg = sigmoid(b),  p_k = (1 - p_bg) * softmax(parts)_k       (b the background logit)
+
+:meth:`forward` returns ``log p`` (valid logits: their softmax is ``p``).
+
+As in the original, the network sees a colour-jittered image (jitter with probability 0.8, grey
+with probability 0.2) in both branches; L_f and L_c read the features of the clean image and L_v
+its Lab values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from partlab.geometry import color_jitter, jitter_preset, random_warp, warp_images, warp_preset
+from partlab.losses import (
+    masked_equivariance_loss,
+    part_consistency_loss,
+    part_contrastive_loss,
+    part_prototypes,
+    rgb_to_lab,
+)
+from partlab.methods.base import PartSegmenter, check_images
+from partlab.models import build_network
+
+__all__ = ["CONTRASTIVE_ABLATIONS", "ContrastiveParts", "QUICK_FIT", "QUICK_WEIGHTS", "contrastive_quick_setup"]
+
+FOREGROUND_CHOICES = ("fg", "saliency")
+
+# The ablations of the paper's loss study (appendix Fig. 6): the full model and one term removed.
+CONTRASTIVE_ABLATIONS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "no_f": {"lambda_f": 0.0},
+    "no_c": {"lambda_c": 0.0},
+    "no_v": {"lambda_v": 0.0},
+    "no_e": {"lambda_e": 0.0},
+}
+
+_FEATURES_HELP = ("precompute them and attach them to the dataset: WithExtras(dataset, features="
+                  "extract_features(extractor, dataset, extractor.layers_for('contrastive'))), or build "
+                  "ContrastiveParts(..., features=extractor) to compute them on the fly")
+
+
+class ContrastiveParts(PartSegmenter):
+    """Contrastive part discovery: K parts inside the foreground, plus a foreground head.
+
+    Args:
+        num_parts: K (4 in the paper).
+        network: ``"unet"`` (CPU quick mode) or ``"deeplab"`` (DeepLab-v2 ResNet-50, the paper's).
+        feature_channels: C of the features (inferred from an extractor).
+        features: ``"batch"`` (``batch["features"]`` ``(B, C, h, w)``, precomputed, upsampled to the
+            logits' size here) or a frozen :class:`partlab.features.FeatureExtractor`, read with its
+            ``layers_for("contrastive")`` layers (VGG19 relu3_2 x 0.33 + relu5_4).
+        foreground: the mask the parts are trained in: ``"fg"`` (``batch["fg"]``, the true mask as in
+            the paper) or ``"saliency"`` (``batch["saliency"]`` thresholded at 0.5, fully unsupervised).
+        lambda_f, lambda_c, lambda_v, lambda_e, lambda_fg: term weights (module docstring); 0 removes
+            a term (not computed, not in the dict).
+        temperature: of L_c (0.19).
+        warp, jitter: :func:`partlab.geometry.random_warp` / :func:`~partlab.geometry.color_jitter`
+            keyword arguments or preset names (default ``"contrastive"``).
+        clip: gradient-norm clip (5, as in the original).
+        **network_kwargs: passed to the network.
+
+    >>> model = ContrastiveParts(3, feature_channels=8, base_channels=8)
+    >>> batch = {"image": torch.rand(2, 3, 32, 32), "features": torch.rand(2, 8, 8, 8),
+    ...          "fg": torch.ones(2, 1, 32, 32)}
+    >>> sorted(model.losses(batch))
+    ['c', 'e', 'f', 'fg', 'loss', 'v']
+    """
+
+    def __init__(self, num_parts: int, *, network: str = "unet", feature_channels: Optional[int] = None,
+                 features: Union[str, nn.Module] = "batch", foreground: str = "fg",
+                 lambda_f: float = 5.0, lambda_c: float = 2.3e3, lambda_v: float = 30.0, lambda_e: float = 5.7e3,
+                 lambda_fg: float = 1.0, temperature: float = 0.19, warp: Union[str, dict] = "contrastive",
+                 jitter: Union[str, dict] = "contrastive", clip: Optional[float] = 5.0,
+                 **network_kwargs: Any) -> None:
+        super().__init__(num_parts)
+        self.weights = {"f": float(lambda_f), "c": float(lambda_c), "v": float(lambda_v), "e": float(lambda_e),
+                        "fg": float(lambda_fg)}
+        bad = {f"lambda_{k}": v for k, v in self.weights.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"loss weights must be >= 0 (0 switches a term off), got {bad}")
+        if foreground not in FOREGROUND_CHOICES:
+            raise ValueError(f"foreground={foreground!r}; choose one of {FOREGROUND_CHOICES}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.foreground = foreground
+        self.temperature = float(temperature)
+        self.warp_kwargs = warp_preset(warp) if isinstance(warp, str) else dict(warp)
+        self.jitter_kwargs = jitter_preset(jitter) if isinstance(jitter, str) else dict(jitter)
+        self.clip = clip
+
+        self._extractor: tuple = ()
+        self.feature_layers: Optional[dict[str, float]] = None
+        if isinstance(features, str):
+            if features != "batch":
+                raise ValueError(f"features={features!r}: pass 'batch' (batch['features'] precomputed) or a "
+                                 f"frozen extractor, e.g. features=partlab.features.get_extractor('auto')")
+        elif callable(getattr(features, "layers_for", None)):
+            self._extractor = (features,)
+            self.feature_layers = features.layers_for("contrastive")
+            inferred = sum(int(features.channels[name]) for name in self.feature_layers)
+            if feature_channels is not None and feature_channels != inferred:
+                raise ValueError(f"feature_channels={feature_channels} but the extractor's contrastive layers "
+                                 f"{list(self.feature_layers)} have {inferred} channels")
+            feature_channels = inferred
+        else:
+            raise ValueError(f"features must be 'batch' or a partlab.features extractor, got {type(features).__name__}")
+        self.feature_channels = None if feature_channels is None else int(feature_channels)
+        # channel 0: background logit; channels 1..K: part logits (softmax over the K parts)
+        self.network = build_network(network, num_parts + 1, **network_kwargs)
+
+    @property
+    def extractor(self) -> Optional[nn.Module]:
+        """The frozen feature extractor (``features=extractor``), or ``None``."""
+        return self._extractor[0] if self._extractor else None
+
+    @staticmethod
+    def log_probs(raw: torch.Tensor) -> torch.Tensor:
+        """``log p`` ``(B, K+1, H, W)`` from the raw network output (channel 0 the background logit):
+        ``log p_0 = log sigmoid(b)``, ``log p_k = log sigmoid(-b) + log_softmax(parts)_k``."""
+        bg = raw[:, :1]
+        return torch.cat((F.logsigmoid(bg), F.logsigmoid(-bg) + raw[:, 1:].log_softmax(dim=1)), dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities ``(B, K+1, H, W)`` (softmax of them = the part maps, channel 0 background)."""
+        return self.log_probs(self.network(check_images(images)).float())
+
+    # ------------------------------------------------------------------------------ loss inputs
+
+    def _features(self, batch: dict, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.extractor is not None:
+            from partlab.features import upsample_concat
+
+            extractor = self.extractor
+            with torch.no_grad():
+                maps = extractor(images.to(next(extractor.parameters()).device), list(self.feature_layers))
+                return upsample_concat(maps, self.feature_layers, size).to(images.device, torch.float32)
+        if "features" not in batch:
+            raise KeyError(f"ContrastiveParts(features='batch') needs batch['features'] (B, C, h, w) for L_f and "
+                           f"L_c, but the batch has only {sorted(batch)}; {_FEATURES_HELP}")
+        features = batch["features"]
+        if not isinstance(features, torch.Tensor) or features.dim() != 4 or features.shape[0] != images.shape[0]:
+            shape = tuple(features.shape) if hasattr(features, "shape") else type(features).__name__
+            raise ValueError(f"batch['features'] must have shape (B, C, h, w) with B = {images.shape[0]}, got {shape}")
+        if self.feature_channels is not None and features.shape[1] != self.feature_channels:
+            raise ValueError(f"batch['features'] has {features.shape[1]} channels but the model was built for "
+                             f"feature_channels={self.feature_channels}")
+        features = features.to(images.device, torch.float32)
+        if tuple(features.shape[-2:]) != size:
+            features = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
+        return features
+
+    def _foreground(self, batch: dict, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        key = "fg" if self.foreground == "fg" else "saliency"
+        if key not in batch:
+            how = ("use a dataset with foreground masks (SyntheticParts has them)" if key == "fg" else
+                   "attach maps with WithExtras(dataset, saliency=partlab.saliency.cached_saliency(dataset, 'rbd'))")
+            raise KeyError(f"ContrastiveParts(foreground={self.foreground!r}) needs batch[{key!r}] (B, 1, H, W), "
+                           f"but the batch has only {sorted(batch)}; {how}")
+        mask = batch[key]
+        if mask.dim() == 3:
+            mask = mask[:, None]
+        if mask.dim() != 4 or mask.shape[:2] != (images.shape[0], 1):
+            raise ValueError(f"batch[{key!r}] must have shape (B, 1, H, W) or (B, H, W) with B = "
+                             f"{images.shape[0]}, got {tuple(mask.shape)}")
+        mask = mask.to(images.device, torch.float32)
+        if tuple(mask.shape[-2:]) != size:
+            mask = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
+        return (mask > 0.5).float() if self.foreground == "saliency" else mask
+
+    # ------------------------------------------------------------------------------ the losses
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The terms for ``batch`` (``"image"``, ``"fg"`` or ``"saliency"``, and ``"features"`` with
+        ``features="batch"``) and their weighted total: ``{"loss", "f", "c", "v", "e", "fg"}``, the
+        terms unweighted and detached, only those with a weight > 0. Computed in float32."""
+        images = check_images(batch["image"])
+        w = self.weights
+        raw = self.network(color_jitter(images, **self.jitter_kwargs)).float()        # (B, K+1, H, W)
+        size = tuple(raw.shape[-2:])
+        part_logits = raw[:, 1:]                                                    # (B, K, H, W)
+        parts = part_logits.softmax(dim=1)
+        fg = self._foreground(batch, images, size)                                  # (B, 1, H, W)
+        terms: dict[str, torch.Tensor] = {}
+
+        if w["f"] > 0 or w["c"] > 0:
+            features = self._features(batch, images, size) * fg                        # (B, C, H, W)
+            if w["f"] > 0:
+                terms["f"] = part_consistency_loss(parts, features, fg, reduction="sum")
+            if w["c"] > 0:
+                if images.shape[0] < 2:
+                    raise ValueError("L_c contrasts parts across images: train with batch_size >= 2 "
+                                     "(or lambda_c=0)")
+                prototypes = part_prototypes(parts, features, fg)                     # (B, K, C)
+                terms["c"] = part_contrastive_loss(prototypes, self.temperature)
+        if w["v"] > 0:
+            lab = rgb_to_lab(images)
+            if tuple(lab.shape[-2:]) != size:
+                lab = F.interpolate(lab, size=size, mode="bilinear", align_corners=False)
+            terms["v"] = part_consistency_loss(parts, lab, fg, reduction="mean")
+        if w["e"] > 0:
+            warp = random_warp(images.shape[0], **self.warp_kwargs, device=images.device)
+            transformed = warp_images(color_jitter(images, **self.jitter_kwargs), warp)
+            part_logits_t = self.network(transformed).float()[:, 1:]
+            terms["e"] = masked_equivariance_loss(part_logits_t, part_logits, warp, fg)
+        if w["fg"] > 0:
+            terms["fg"] = F.binary_cross_entropy_with_logits(-raw[:, :1], fg)          # foreground logit = -b
+
+        if terms:
+            total = sum(w[name] * value for name, value in terms.items())
+        else:
+            total = 0.0 * raw.sum()
+        out = {"loss": total}
+        out.update({name: value.detach() for name, value in terms.items()})
+        return out
+
+    def param_groups(self, config) -> list[dict]:
+        """Network at ``config.lr`` (DeepLab: head at 10x), gradient norm clipped at ``clip``."""
+        if hasattr(self.network, "head_parameters"):
+            return [{"params": self.network.backbone_parameters(), "clip": self.clip},
+                    {"params": self.network.head_parameters(), "lr": 10 * config.lr, "clip": self.clip}]
+        return [{"params": [p for p in self.network.parameters() if p.requires_grad], "clip": self.clip}]
+
+    # ------------------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, fg: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """Part maps ``probs`` ``(B, K+1, H, W)`` and ``labels`` ``(B, H, W)``.
+
+        Without ``fg``, the background is the model's own foreground head; with ``fg`` (``(B, H, W)``
+        or ``(B, 1, H, W)``, e.g. the true mask, as the paper's FG metrics assume),
+        ``probs = [1 - fg, fg * softmax(parts)]``. ``labels``: 0 where the foreground probability is
+        below 0.5, else 1 + argmax over the parts.
+        """
+        check_images(images)
+        was_training = self.training
+        self.eval()
+        try:
+            parameter = next(self.parameters(), None)
+            if parameter is not None:
+                images = images.to(parameter.device)
+            raw = self.network(images).float()
+        finally:
+            self.train(was_training)
+        parts = raw[:, 1:].softmax(dim=1)
+        if fg is None:
+            p_fg = torch.sigmoid(-raw[:, :1])
+        else:
+            p_fg = (fg[:, None] if fg.dim() == 3 else fg).to(raw.device, torch.float32)
+            if p_fg.shape != (raw.shape[0], 1, *raw.shape[-2:]):
+                raise ValueError(f"fg must have shape (B, H, W) or (B, 1, H, W) matching the images, got "
+                                 f"{tuple(fg.shape)}")
+        probs = torch.cat((1 - p_fg, p_fg * parts), dim=1)
+        labels = torch.where(p_fg[:, 0] >= 0.5, parts.argmax(dim=1) + 1, torch.zeros_like(parts[:, 0], dtype=torch.long))
+        return {"probs": probs, "labels": labels}
+
+
+# ---------------------------------------------------------------------------------------------
+# quick mode
+# ---------------------------------------------------------------------------------------------
+
+QUICK_WEIGHTS: dict[str, float] = {}
+QUICK_FIT: dict[str, Any] = {"max_steps": 400, "batch_size": 8, "lr": 1e-3, "optimizer": "adam", "log_every": 20}
+
+
+def contrastive_quick_setup(category: str = "bird", size: int = 64, n_train: int = 512, seed: int = 0,
+                            features: Union[str, nn.Module] = "auto", foreground: str = "fg",
+                            device: str = "auto", num_parts: Optional[int] = None, network: str = "unet",
+                            feature_size=None, **model_kwargs: Any):
+    """Everything a quick contrastive-discovery run needs: ``(model, train_dataset, info)``.
+
+    The synthetic ``"train"`` split (``n_train`` images of ``size`` px) with frozen features of every
+    image cached (:func:`partlab.features.extract_features`, the extractor's
+    ``layers_for("contrastive")`` layers) and, with ``foreground="saliency"``, RBD saliency maps
+    (:func:`partlab.saliency.cached_saliency`), attached by :class:`partlab.data.extras.WithExtras`;
+    a :class:`ContrastiveParts` reading them (the quick U-Net, :data:`QUICK_WEIGHTS` over the
+    paper's weights; ``**model_kwargs`` override); ``info["fit"]`` the :func:`partlab.train.fit`
+    settings (:data:`QUICK_FIT`). K defaults to the category's number of part classes.
+    """
+    from partlab import utils
+    from partlab.data.extras import WithExtras
+    from partlab.data.synthetic import SyntheticParts
+    from partlab.data.synthetic import num_parts as category_parts
+    from partlab.features import extract_features, get_extractor
+    from partlab.models import QUICK_UNET
+
+    if foreground not in FOREGROUND_CHOICES:
+        raise ValueError(f"foreground={foreground!r}; choose one of {FOREGROUND_CHOICES}")
+    dev = utils.device(device)
+    dataset = SyntheticParts(category, size=size, length=n_train, seed=seed, split="train")
+    extractor = get_extractor(features, device=dev) if isinstance(features, str) else features
+    layers = extractor.layers_for("contrastive")
+    extras = {"features": extract_features(extractor, dataset, layers, size=feature_size)}    # (N, C, h, w)
+    if foreground == "saliency":
+        from partlab.saliency import cached_saliency
+
+        extras["saliency"] = cached_saliency(dataset, "rbd")
+    train = WithExtras(dataset, **extras)
+    k = category_parts(category) if num_parts is None else int(num_parts)
+    settings = {"network": network, "feature_channels": extras["features"].shape[1], "foreground": foreground}
+    if network == "unet":
+        settings.update(QUICK_UNET)
+        settings.update(QUICK_WEIGHTS)
+    settings.update(model_kwargs)
+    torch.manual_seed(seed)
+    model = ContrastiveParts(k, **settings)
+    info = {
+        "features": f"{extractor.name}: {extractor.description}",
+        "feature_layers": layers,
+        "feature_shape": tuple(extras["features"].shape),
+        "foreground": foreground,
+        "device": utils.describe_device(dev),
+        "num_parts": k,
+        "category": category,
+        "size": size,
+        "n_train": n_train,
+        "weights": dict(model.weights),
+        "model_kwargs": dict(settings),
+        "fit": dict(QUICK_FIT, device=str(dev), seed=seed),
+    }
+    return model, train, info
