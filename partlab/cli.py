@@ -2,7 +2,7 @@
 
     partlab info                               what partlab will use here (device, features, data)
     partlab render --category bird -n 16 out.png   a grid of synthetic samples with part overlays
-    partlab train {oracle,scops} [--category bird] [--size 64] [--steps N] [--out DIR] [--resume] ...
+    partlab train {oracle,scops,contrastive} [--category bird] [--size 64] [--steps N] [--out DIR] [--resume] ...
                                                train on the synthetic world into a run folder
     partlab evaluate --run DIR [--run DIR2] [--baseline kmeans|dff] [--baseline-mask true|rbd|none] [--json out.json]
                                                one benchmark table (partlab.evaluation) on the synthetic test split
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-TRAIN_METHODS = ("oracle", "scops")
+TRAIN_METHODS = ("oracle", "scops", "contrastive")
 FEATURE_CHOICES = ("auto", "standin", "vgg19", "rgb")
 _RECORD_KEYS = ("step", "lr", "seconds", "skipped")   # history entries that are not loss terms
 
@@ -73,13 +73,19 @@ def _training_setup(args, out: Path):
         from partlab.methods.oracle import oracle_quick_setup
 
         return oracle_quick_setup(args.category, args.size, args.n_train, args.seed, args.network, args.device)
+    full_mode = {} if args.network == "unet" else {"pretrained": "auto"}
+    if args.method == "contrastive":
+        from partlab.methods.contrastive import contrastive_quick_setup
+
+        return contrastive_quick_setup(args.category, size=args.size, n_train=args.n_train, seed=args.seed,
+                                       features=args.features, foreground=args.foreground, device=args.device,
+                                       network=args.network, **full_mode)
     from partlab.methods.scops import scops_quick_setup
 
     saliency_path = out / "saliency_rbd.pt" if args.saliency == "rbd" else None   # rbd is slow: cache it
     return scops_quick_setup(args.category, size=args.size, n_train=args.n_train, seed=args.seed,
                              features=args.features, saliency=args.saliency, device=args.device,
-                             network=args.network, saliency_path=saliency_path,
-                             **({} if args.network == "unet" else {"pretrained": "auto"}))
+                             network=args.network, saliency_path=saliency_path, **full_mode)
 
 
 def _fit_settings(recipe: dict, args, out: Path) -> dict:
@@ -114,7 +120,7 @@ def _check_resumed_run(out: Path, model, info: dict, args) -> None:
     differences = [f"{key}: saved {saved.get(key)!r} -> now {value!r}" for key, value in now.items()
                    if saved.get(key) != value]
     saved_info = saved.get("info", {})
-    differences += [f"{key}: saved {saved_info.get(key)!r} -> now {info.get(key)!r}" for key in ("n_train", "saliency")
+    differences += [f"{key}: saved {saved_info.get(key)!r} -> now {info.get(key)!r}" for key in ("n_train", "saliency", "foreground")
                     if saved_info.get(key) != info.get(key)]
     if differences:
         raise ValueError(f"cannot resume {out}: it was trained with other settings ({'; '.join(differences)}); "
@@ -145,7 +151,8 @@ def _cmd_train(args) -> int:
         save_model_json(out, model, category=args.category, size=args.size, features=features, info=info)
     print(f"partlab train {args.method}: {args.category}, {args.size} px, {args.n_train} train images, "
           f"{settings['max_steps']} steps of {settings['batch_size']} at lr {settings['lr']:g} on {info['device']}")
-    for name, value in (("features", features), ("saliency", info.get("saliency")), ("backbone", backbone)):
+    for name, value in (("features", features), ("saliency", info.get("saliency")),
+                        ("foreground", info.get("foreground")), ("backbone", backbone)):
         if value is not None:
             print(f"  {name}: {value}")
     fit(model, dataset, **settings)
@@ -327,8 +334,10 @@ def _add_train_parser(sub) -> None:
     train.add_argument("--lr", type=float, help="learning rate (default: the quick recipe's)")
     train.add_argument("--device", default="auto")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--features", choices=FEATURE_CHOICES, default="auto", help="SCOPS' semantic features")
+    train.add_argument("--features", choices=FEATURE_CHOICES, default="auto", help="the semantic features (SCOPS, contrastive)")
     train.add_argument("--saliency", choices=("rbd", "oracle", "none"), default="rbd", help="SCOPS' saliency maps")
+    train.add_argument("--foreground", choices=("fg", "saliency"), default="fg",
+                       help="contrastive: train the parts in the true mask (the paper) or in RBD saliency > 0.5")
     train.add_argument("--network", choices=("unet", "deeplab"), default="unet")
     train.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
     train.add_argument("--out", help="run folder (default: runs/<method>_<category>)")

@@ -38,13 +38,26 @@ def centers_of(probs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_dataset(model, images: torch.Tensor, *, batch_size: int = 32, device="auto") -> Dict[str, torch.Tensor]:
-    """``model.predict`` over a stack of images in batches -> dict(probs, labels, centers) on the CPU."""
+def predict_dataset(model, images: torch.Tensor, *, batch_size: int = 32, device="auto",
+                    fg: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """``model.predict`` over a stack of images in batches -> dict(probs, labels, centers) on the CPU.
+
+    ``fg`` (``(N, H, W)`` or ``(N, 1, H, W)``): a foreground mask handed to ``model.predict(images, fg=...)``,
+    for methods that segment parts inside a given mask (:class:`partlab.methods.ContrastiveParts`);
+    a method without that argument gets a clear error.
+    """
+    import inspect
+
+    if fg is not None and "fg" not in inspect.signature(model.predict).parameters:
+        raise ValueError(f"{type(model).__name__}.predict takes no foreground mask; score it without fg "
+                         f"(fg=None), or use a method that segments inside a mask (ContrastiveParts)")
     dev = utils.device(device)
     model = model.to(dev).eval()
     probs, labels = [], []
     for start in range(0, len(images), batch_size):
-        out = model.predict(images[start:start + batch_size].to(dev))
+        batch = images[start:start + batch_size].to(dev)
+        out = (model.predict(batch) if fg is None
+               else model.predict(batch, fg=fg[start:start + batch_size].to(dev)))
         probs.append(out["probs"].float().cpu())
         labels.append(out["labels"].cpu())
     probs = torch.cat(probs)
@@ -240,9 +253,17 @@ def margins(results: Mapping[str, Mapping[str, float]], method: str, others: Seq
 
 
 def score_model(model, train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor], *,
-                category: Optional[str] = None, device="auto", batch_size: int = 32):
-    """``model.predict`` on both splits, scored on the test split -> (metrics, test predictions)."""
-    pred_train = predict_dataset(model, train["image"], batch_size=batch_size, device=device)
-    pred_test = predict_dataset(model, test["image"], batch_size=batch_size, device=device)
+                category: Optional[str] = None, device="auto", batch_size: int = 32, mask: str = "own"):
+    """``model.predict`` on both splits, scored on the test split -> (metrics, test predictions).
+
+    ``mask``: ``"own"`` (the method finds the object itself) or ``"true"`` (each split's true
+    foreground handed to ``predict(images, fg=...)``: the contrastive paper's protocol, where the
+    parts are judged inside a given mask, as the K-means and DFF baselines with ``mask="true"``).
+    """
+    if mask not in ("own", "true"):
+        raise ValueError(f"mask must be 'own' or 'true', got {mask!r}")
+    fg = (lambda split: split["fg"]) if mask == "true" else (lambda split: None)
+    pred_train = predict_dataset(model, train["image"], batch_size=batch_size, device=device, fg=fg(train))
+    pred_test = predict_dataset(model, test["image"], batch_size=batch_size, device=device, fg=fg(test))
     scores = score_parts(pred_test, test, pred_train=pred_train, truth_train=train, category=category)
     return scores, pred_test

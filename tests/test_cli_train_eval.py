@@ -22,12 +22,13 @@ TINY_RUN = ["--size", "32", "--n-train", "16", "--steps", "3", "--batch-size", "
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two run folders trained through the CLI: {"scops": path, "oracle": path}."""
+    """Run folders trained through the CLI: {"scops": path, "oracle": path, "contrastive": path}."""
     root = tmp_path_factory.mktemp("runs")
-    out = {"scops": root / "scops_bird", "oracle": root / "oracle_bird"}
+    out = {"scops": root / "scops_bird", "oracle": root / "oracle_bird", "contrastive": root / "contrastive_bird"}
     assert cli.main(["train", "scops", *TINY_RUN, "--features", "rgb", "--saliency", "oracle",
                      "--out", str(out["scops"])]) == 0
     assert cli.main(["train", "oracle", *TINY_RUN, "--out", str(out["oracle"])]) == 0
+    assert cli.main(["train", "contrastive", *TINY_RUN, "--features", "rgb", "--out", str(out["contrastive"])]) == 0
     return out
 
 
@@ -41,7 +42,8 @@ def _image(path, size=(40, 30), colour=(200, 30, 30)):
 # --- partlab train ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method, cls", [("scops", "SCOPS"), ("oracle", "SupervisedOracle")])
+@pytest.mark.parametrize("method, cls", [("scops", "SCOPS"), ("oracle", "SupervisedOracle"),
+                                         ("contrastive", "ContrastiveParts")])
 def test_train_writes_checkpoint_and_model_json(runs, method, cls):
     run = runs[method]
     assert (run / "last.pt").is_file()
@@ -51,6 +53,9 @@ def test_train_writes_checkpoint_and_model_json(runs, method, cls):
     if method == "scops":
         assert meta["kwargs"]["feature_channels"] == 3                    # features="batch": C stored
         assert meta["features"].startswith("rgb") and meta["info"]["saliency"] == "oracle"
+    elif method == "contrastive":
+        assert meta["kwargs"]["feature_channels"] == 3 and meta["kwargs"]["foreground"] == "fg"
+        assert meta["features"].startswith("rgb") and meta["info"]["foreground"] == "fg"
     else:
         assert meta["features"] is None
 
@@ -81,11 +86,15 @@ def test_train_refuses_to_overwrite_a_run_and_resumes_one(tmp_path, capsys):
 def _trained(method, tmp_path):
     """A method trained for 2 steps in Python, with its run folder written as the CLI does."""
     from partlab.data.synthetic import SyntheticParts
+    from partlab.methods.contrastive import contrastive_quick_setup
     from partlab.methods.scops import scops_quick_setup
 
     if method == "scops":
         model, data, info = scops_quick_setup("bird", size=32, n_train=8, features="rgb", saliency="oracle",
                                               device="cpu", base_channels=4, depth=1)
+    elif method == "contrastive":
+        model, data, info = contrastive_quick_setup("bird", size=32, n_train=8, features="rgb", device="cpu",
+                                                    base_channels=4, depth=1)
     else:
         data, info = SyntheticParts("bird", size=32, length=8), {}
         model = SupervisedOracle(data.num_parts, base_channels=4, depth=1)
@@ -94,7 +103,7 @@ def _trained(method, tmp_path):
     return model, torch.stack([data[i]["image"] for i in range(4)])
 
 
-@pytest.mark.parametrize("method", ["scops", "oracle"])
+@pytest.mark.parametrize("method", ["scops", "oracle", "contrastive"])
 def test_load_method_rebuilds_identical_predictions(tmp_path, method):
     model, images = _trained(method, tmp_path)
     loaded, meta = load_method(tmp_path)

@@ -59,6 +59,25 @@ def test_predict_dataset_and_table(split):
     assert len(first["labels"]) == 5 and len(second["labels"]) == 7
 
 
+def test_score_model_with_the_true_mask_hands_each_split_its_foreground(split):
+    train, test = split
+    from partlab.methods import SCOPS, ContrastiveParts
+
+    torch.manual_seed(0)
+    model = ContrastiveParts(6, feature_channels=3, base_channels=4, depth=1)
+    own, _ = evaluation.score_model(model, train, test, category="bird", device="cpu")
+    true, pred = evaluation.score_model(model, train, test, category="bird", device="cpu", mask="true")
+    # inside the true mask: the background label is exactly the true background
+    assert torch.equal(pred["labels"] == 0, test["fg"][:, 0] < 0.5)
+    assert true["fg_iou"] == pytest.approx(1.0) and own["fg_iou"] < 1.0
+    assert own["fg_ari"] == pytest.approx(true["fg_ari"])          # FG metrics: argmax over parts, same in both
+    with pytest.raises(ValueError, match="takes no foreground mask"):
+        evaluation.score_model(SCOPS(6, feature_channels=3, base_channels=4, depth=1), train, test, device="cpu",
+                               mask="true")
+    with pytest.raises(ValueError, match="'own' or 'true'"):
+        evaluation.score_model(model, train, test, device="cpu", mask="rbd")
+
+
 def test_baseline_masks_change_the_input_not_the_truth(split):
     train, test = split
     images, fg = test["image"], test["fg"]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from partlab.geometry import identity_warp, random_warp, similarity_warp, warp_images
 from partlab.losses import (
+    cross_image_similarity,
     masked_equivariance_loss,
     part_consistency_loss,
     part_contrastive_loss,
@@ -247,3 +248,17 @@ def test_equivariance_gradient_reaches_only_the_transformed_branch_and_fg_is_war
     assert grad[fg_warped == 0].sum() == 0 and grad[fg_warped > 0.5].sum() > 0
     with pytest.raises(ValueError, match="same shape"):
         masked_equivariance_loss(transformed, original[:, :2], shift, fg)
+
+
+def test_cross_image_similarity_hand_values():
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    aligned = torch.stack([torch.stack([e1, e2]), torch.stack([3 * e1, e2])])  # parts agree across images
+    assert torch.allclose(cross_image_similarity(aligned), torch.eye(2))
+    swapped = torch.stack([torch.stack([e1, e2]), torch.stack([e2, e1])])      # part 1 of one = part 2 of the other
+    assert torch.allclose(cross_image_similarity(swapped), 1 - torch.eye(2))
+    z = torch.randn(4, 3, 5)
+    brute = torch.stack([F.normalize(z[a], dim=-1) @ F.normalize(z[b], dim=-1).T
+                         for a in range(4) for b in range(4) if a != b]).mean(0)
+    assert torch.allclose(cross_image_similarity(z), brute, atol=1e-6)
+    with pytest.raises(ValueError, match="B >= 2"):
+        cross_image_similarity(torch.randn(1, 3, 5))

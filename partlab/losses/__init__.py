@@ -10,6 +10,7 @@ and the reduction.
 """
 
 from partlab.losses.contrastive import (
+    cross_image_similarity,
     masked_equivariance_loss,
     part_consistency_loss,
     part_contrastive_loss,
@@ -27,6 +28,7 @@ from partlab.losses.scops import (
 
 __all__ = [
     "concentration_loss",
+    "cross_image_similarity",
     "equivariance_center_loss",
     "equivariance_kl_loss",
     "equivariance_loss",

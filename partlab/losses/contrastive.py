@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 from partlab.geometry import Warp, warp_images
 
-__all__ = ["masked_equivariance_loss", "part_consistency_loss", "part_contrastive_loss", "part_prototypes",
-           "rgb_to_lab"]
+__all__ = ["cross_image_similarity", "masked_equivariance_loss", "part_consistency_loss", "part_contrastive_loss",
+           "part_prototypes", "rgb_to_lab"]
 
 MEAN_EPS = 1e-5        # part means and the per-image normaliser of L_f / L_v (the original's 1e-5)
 PROTOTYPE_EPS = 1e-7   # part prototypes for L_c (the original's 1e-7)
@@ -203,6 +203,19 @@ def part_contrastive_loss(prototypes: torch.Tensor, temperature: float = 0.19, p
     neg_lse = torch.logsumexp(negatives, dim=-1, keepdim=True)                  # (B, K, 1)
     loss = torch.logaddexp(pos, neg_lse) - pos                                   # (B, K, P)
     return loss.mean()
+
+
+def cross_image_similarity(prototypes: torch.Tensor) -> torch.Tensor:
+    """What L_c pulls together and pushes apart: the mean cosine similarity between part ``i`` of one
+    image and part ``j`` of *another* image, ``S_ij = mean_{a != b} <z^_ai, z^_bj>`` (``z^`` the
+    L2-normalised prototypes ``(B, K, C)``, B >= 2) -> ``(K, K)``. L_c raises the diagonal (the same
+    part across images) above the rest."""
+    if not isinstance(prototypes, torch.Tensor) or prototypes.dim() != 3 or prototypes.shape[0] < 2:
+        raise ValueError(f"prototypes must have shape (B, K, C) with B >= 2, got {_shape(prototypes)}")
+    z = F.normalize(prototypes.float(), dim=-1)
+    b = z.shape[0]
+    total = torch.einsum("aic,bjc->ij", z, z) - torch.einsum("aic,ajc->ij", z, z)   # all pairs minus a == b
+    return total / (b * (b - 1))
 
 
 # ---------------------------------------------------------------------------------------------

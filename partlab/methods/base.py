@@ -18,6 +18,7 @@ be written to a run folder and rebuilt later (:mod:`partlab.methods.runs`).
 from __future__ import annotations
 
 import abc
+from typing import Optional
 
 import torch
 from torch import nn
@@ -79,6 +80,13 @@ class PartSegmenter(nn.Module, abc.ABC):
         Runs in eval mode without gradients (the previous train/eval mode is restored) and returns
         ``probs`` ``(B, K+1, H, W)`` (softmax over channels) and ``labels`` ``(B, H, W)`` (argmax, int64).
         """
+        probs = self.eval_forward(self, images).float().softmax(dim=1)  # (B, K+1, H, W)
+        return {"probs": probs, "labels": probs.argmax(dim=1)}
+
+    @torch.no_grad()
+    def eval_forward(self, module: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """``module(images)`` (``self`` or a part of it, e.g. ``self.network``) for checked images moved
+        to the model's device, in eval mode without gradients; the previous train/eval mode is restored."""
         check_images(images)
         was_training = self.training
         self.eval()
@@ -86,7 +94,78 @@ class PartSegmenter(nn.Module, abc.ABC):
             parameter = next(self.parameters(), None)
             if parameter is not None:
                 images = images.to(parameter.device)
-            probs = self(images).float().softmax(dim=1)  # (B, K+1, H, W)
+            return module(images)
         finally:
             self.train(was_training)
-        return {"probs": probs, "labels": probs.argmax(dim=1)}
+
+
+class FrozenFeatures:
+    """Mixin for methods that read frozen semantic features ``V`` (SCOPS, contrastive discovery).
+
+    ``features="batch"``: ``batch["features"]`` ``(B, C, h, w)``, precomputed (e.g. attached by
+    :class:`partlab.data.extras.WithExtras`), bilinearly upsampled to the logits' size here. A frozen
+    :class:`partlab.features.FeatureExtractor`: computed on the fly from ``batch["image"]`` with its
+    ``layers_for(feature_role)`` layers, on the extractor's device. The extractor is held outside the
+    module tree (a plain tuple attribute): not a submodule, not in ``state_dict()``, never trained.
+    """
+
+    feature_role: str = ""                  # the extractor's layer recipe ("scops", "contrastive")
+
+    def _init_features(self, features, feature_channels: Optional[int]) -> Optional[int]:
+        """Store the feature source; return C (given, or inferred from the extractor's layers)."""
+        self._extractor: tuple = ()
+        self.feature_layers: Optional[dict[str, float]] = None
+        if isinstance(features, str):
+            if features != "batch":
+                raise ValueError(f"features={features!r}: pass 'batch' (batch['features'] precomputed) or a "
+                                 f"frozen extractor, e.g. features=partlab.features.get_extractor('auto')")
+        elif callable(getattr(features, "layers_for", None)):
+            self._extractor = (features,)
+            self.feature_layers = features.layers_for(self.feature_role)
+            inferred = sum(int(features.channels[name]) for name in self.feature_layers)
+            if feature_channels is not None and feature_channels != inferred:
+                raise ValueError(f"feature_channels={feature_channels} but the extractor's {self.feature_role!r} "
+                                 f"layers {list(self.feature_layers)} have {inferred} channels")
+            feature_channels = inferred
+        else:
+            raise ValueError(f"features must be 'batch' or a partlab.features extractor, got {type(features).__name__}")
+        self.feature_channels = None if feature_channels is None else int(feature_channels)
+        return self.feature_channels
+
+    @property
+    def extractor(self) -> Optional[nn.Module]:
+        """The frozen feature extractor (``features=extractor``), or ``None`` with ``features="batch"``."""
+        return self._extractor[0] if self._extractor else None
+
+    def _features(self, batch: dict, images: torch.Tensor, size: tuple, purpose: str) -> torch.Tensor:
+        """``V`` ``(B, C, H, W)`` at ``size``, float32, no gradient; ``purpose`` names the loss in errors."""
+        import torch.nn.functional as F
+
+        extractor = self.extractor
+        if extractor is not None:
+            from partlab.features import upsample_concat
+
+            where = next(iter(extractor.buffers()), None)
+            where = images.device if where is None else where.device
+            with torch.no_grad():
+                maps = extractor(images.detach().to(where), layers=list(self.feature_layers))
+                return upsample_concat(maps, self.feature_layers, size).to(images.device, torch.float32)
+        name = type(self).__name__
+        if "features" not in batch:
+            raise KeyError(
+                f"{name}(features='batch') needs batch['features'] (B, C, h, w) for {purpose}, but the batch has "
+                f"only {sorted(batch)}; precompute them and attach them to the dataset: WithExtras(dataset, "
+                f"features=extract_features(extractor, dataset, extractor.layers_for({self.feature_role!r}))) "
+                f"(partlab.data.extras, partlab.features), or build {name}(..., features=extractor) to compute "
+                f"them on the fly")
+        features = batch["features"]
+        if not isinstance(features, torch.Tensor) or features.dim() != 4 or features.shape[0] != images.shape[0]:
+            shape = tuple(features.shape) if hasattr(features, "shape") else type(features).__name__
+            raise ValueError(f"batch['features'] must have shape (B, C, h, w) with B = {images.shape[0]}, got {shape}")
+        if self.feature_channels is not None and features.shape[1] != self.feature_channels:
+            raise ValueError(f"batch['features'] has {features.shape[1]} channels but the {name} was built for "
+                             f"feature_channels={self.feature_channels}")
+        features = features.to(images.device, torch.float32)
+        if tuple(features.shape[-2:]) != tuple(size):
+            features = F.interpolate(features, size=tuple(size), mode="bilinear", align_corners=False)
+        return features                                                                 # (B, C, H, W)

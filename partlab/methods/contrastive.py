@@ -50,7 +50,7 @@ from partlab.losses import (
     part_prototypes,
     rgb_to_lab,
 )
-from partlab.methods.base import PartSegmenter, check_images
+from partlab.methods.base import FrozenFeatures, PartSegmenter, check_images
 from partlab.models import build_network
 
 __all__ = ["CONTRASTIVE_ABLATIONS", "ContrastiveParts", "QUICK_FIT", "QUICK_WEIGHTS", "contrastive_quick_setup"]
@@ -66,12 +66,8 @@ CONTRASTIVE_ABLATIONS: dict[str, dict[str, Any]] = {
     "no_e": {"lambda_e": 0.0},
 }
 
-_FEATURES_HELP = ("precompute them and attach them to the dataset: WithExtras(dataset, features="
-                  "extract_features(extractor, dataset, extractor.layers_for('contrastive'))), or build "
-                  "ContrastiveParts(..., features=extractor) to compute them on the fly")
 
-
-class ContrastiveParts(PartSegmenter):
+class ContrastiveParts(FrozenFeatures, PartSegmenter):
     """Contrastive part discovery: K parts inside the foreground, plus a foreground head.
 
     Args:
@@ -98,6 +94,8 @@ class ContrastiveParts(PartSegmenter):
     ['c', 'e', 'f', 'fg', 'loss', 'v']
     """
 
+    feature_role = "contrastive"
+
     def __init__(self, num_parts: int, *, network: str = "unet", feature_channels: Optional[int] = None,
                  features: Union[str, nn.Module] = "batch", foreground: str = "fg",
                  lambda_f: float = 5.0, lambda_c: float = 2.3e3, lambda_v: float = 30.0, lambda_e: float = 5.7e3,
@@ -120,30 +118,9 @@ class ContrastiveParts(PartSegmenter):
         self.jitter_kwargs = jitter_preset(jitter) if isinstance(jitter, str) else dict(jitter)
         self.clip = clip
 
-        self._extractor: tuple = ()
-        self.feature_layers: Optional[dict[str, float]] = None
-        if isinstance(features, str):
-            if features != "batch":
-                raise ValueError(f"features={features!r}: pass 'batch' (batch['features'] precomputed) or a "
-                                 f"frozen extractor, e.g. features=partlab.features.get_extractor('auto')")
-        elif callable(getattr(features, "layers_for", None)):
-            self._extractor = (features,)
-            self.feature_layers = features.layers_for("contrastive")
-            inferred = sum(int(features.channels[name]) for name in self.feature_layers)
-            if feature_channels is not None and feature_channels != inferred:
-                raise ValueError(f"feature_channels={feature_channels} but the extractor's contrastive layers "
-                                 f"{list(self.feature_layers)} have {inferred} channels")
-            feature_channels = inferred
-        else:
-            raise ValueError(f"features must be 'batch' or a partlab.features extractor, got {type(features).__name__}")
-        self.feature_channels = None if feature_channels is None else int(feature_channels)
+        self._init_features(features, feature_channels)
         # channel 0: background logit; channels 1..K: part logits (softmax over the K parts)
         self.network = build_network(network, num_parts + 1, **network_kwargs)
-
-    @property
-    def extractor(self) -> Optional[nn.Module]:
-        """The frozen feature extractor (``features=extractor``), or ``None``."""
-        return self._extractor[0] if self._extractor else None
 
     @staticmethod
     def log_probs(raw: torch.Tensor) -> torch.Tensor:
@@ -157,29 +134,6 @@ class ContrastiveParts(PartSegmenter):
         return self.log_probs(self.network(check_images(images)).float())
 
     # ------------------------------------------------------------------------------ loss inputs
-
-    def _features(self, batch: dict, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if self.extractor is not None:
-            from partlab.features import upsample_concat
-
-            extractor = self.extractor
-            with torch.no_grad():
-                maps = extractor(images.to(next(extractor.parameters()).device), list(self.feature_layers))
-                return upsample_concat(maps, self.feature_layers, size).to(images.device, torch.float32)
-        if "features" not in batch:
-            raise KeyError(f"ContrastiveParts(features='batch') needs batch['features'] (B, C, h, w) for L_f and "
-                           f"L_c, but the batch has only {sorted(batch)}; {_FEATURES_HELP}")
-        features = batch["features"]
-        if not isinstance(features, torch.Tensor) or features.dim() != 4 or features.shape[0] != images.shape[0]:
-            shape = tuple(features.shape) if hasattr(features, "shape") else type(features).__name__
-            raise ValueError(f"batch['features'] must have shape (B, C, h, w) with B = {images.shape[0]}, got {shape}")
-        if self.feature_channels is not None and features.shape[1] != self.feature_channels:
-            raise ValueError(f"batch['features'] has {features.shape[1]} channels but the model was built for "
-                             f"feature_channels={self.feature_channels}")
-        features = features.to(images.device, torch.float32)
-        if tuple(features.shape[-2:]) != size:
-            features = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
-        return features
 
     def _foreground(self, batch: dict, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         key = "fg" if self.foreground == "fg" else "saliency"
@@ -215,7 +169,7 @@ class ContrastiveParts(PartSegmenter):
         terms: dict[str, torch.Tensor] = {}
 
         if w["f"] > 0 or w["c"] > 0:
-            features = self._features(batch, images, size) * fg                        # (B, C, H, W)
+            features = self._features(batch, images, size, "L_f and L_c") * fg         # (B, C, H, W)
             if w["f"] > 0:
                 terms["f"] = part_consistency_loss(parts, features, fg, reduction="sum")
             if w["c"] > 0:
@@ -263,16 +217,7 @@ class ContrastiveParts(PartSegmenter):
         ``probs = [1 - fg, fg * softmax(parts)]``. ``labels``: 0 where the foreground probability is
         below 0.5, else 1 + argmax over the parts.
         """
-        check_images(images)
-        was_training = self.training
-        self.eval()
-        try:
-            parameter = next(self.parameters(), None)
-            if parameter is not None:
-                images = images.to(parameter.device)
-            raw = self.network(images).float()
-        finally:
-            self.train(was_training)
+        raw = self.eval_forward(self.network, images).float()                              # (B, K+1, H, W)
         parts = raw[:, 1:].softmax(dim=1)
         if fg is None:
             p_fg = torch.sigmoid(-raw[:, :1])

@@ -63,7 +63,7 @@ from partlab.losses import (
     orthonormal_loss,
     semantic_consistency_loss,
 )
-from partlab.methods.base import PartSegmenter, check_images
+from partlab.methods.base import FrozenFeatures, PartSegmenter, check_images
 from partlab.models import QUICK_UNET, build_network
 
 __all__ = ["ABLATIONS", "QUICK_FIT", "QUICK_WEIGHTS", "SCOPS", "postprocess_labels", "scops_quick_setup", "train_variants"]
@@ -82,11 +82,6 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_eqv": {"lambda_eqv": 0.0, "lambda_lmeqv": 0.0},
     "no_saliency": {"saliency": "none"},
 }
-
-_FEATURES_HELP = ("precompute them and attach them to the dataset: "
-                  "WithExtras(dataset, features=extract_features(extractor, dataset, extractor.layers_for('scops'))) "
-                  "(partlab.data.extras, partlab.features), or build SCOPS(..., features=extractor) to compute "
-                  "them on the fly")
 
 
 def postprocess_labels(probs: torch.Tensor, background: float = BACKGROUND_SCORE) -> torch.Tensor:
@@ -117,7 +112,7 @@ def postprocess_labels(probs: torch.Tensor, background: float = BACKGROUND_SCORE
     return scores.argmax(dim=1)
 
 
-class SCOPS(PartSegmenter):
+class SCOPS(FrozenFeatures, PartSegmenter):
     """SCOPS part segmenter: ``K + 1`` output maps, channel 0 background.
 
     Args:
@@ -162,6 +157,8 @@ class SCOPS(PartSegmenter):
     ['con', 'eqv', 'lmeqv', 'loss', 'orthonormal', 'sc']
     """
 
+    feature_role = "scops"
+
     def __init__(self, num_parts: int, *, network: str = "unet", feature_channels: Optional[int] = None,
                  features: Union[str, nn.Module] = "batch", saliency: str = "batch",
                  lambda_con: float = 10.0, lambda_eqv: Optional[float] = None, lambda_lmeqv: float = 1e2,
@@ -188,23 +185,7 @@ class SCOPS(PartSegmenter):
         self.basis_lr, self.basis_momentum = float(basis_lr), float(basis_momentum)
         self.basis_weight_decay, self.basis_clip = float(basis_weight_decay), basis_clip
 
-        # features: "batch" or a frozen extractor kept out of the module tree (a plain tuple attribute)
-        self._extractor: tuple = ()
-        self.feature_layers: Optional[dict[str, float]] = None
-        if isinstance(features, str):
-            if features != "batch":
-                raise ValueError(f"features={features!r}: pass 'batch' (batch['features'] precomputed) or a "
-                                 f"frozen extractor, e.g. features=partlab.features.get_extractor('auto')")
-        elif callable(getattr(features, "layers_for", None)):
-            self._extractor = (features,)
-            self.feature_layers = features.layers_for("scops")
-            inferred = sum(int(features.channels[name]) for name in self.feature_layers)
-            if feature_channels is not None and feature_channels != inferred:
-                raise ValueError(f"feature_channels={feature_channels} but the extractor's SCOPS layers "
-                                 f"{list(self.feature_layers)} have {inferred} channels")
-            feature_channels = inferred
-        else:
-            raise ValueError(f"features must be 'batch' or a partlab.features extractor, got {type(features).__name__}")
+        feature_channels = self._init_features(features, feature_channels)
 
         self.network = build_network(network, num_parts + 1, **network_kwargs)
         needs_basis = self.weights["sc"] > 0 or self.weights["orthonormal"] > 0
@@ -216,44 +197,12 @@ class SCOPS(PartSegmenter):
             self.basis: Optional[nn.Parameter] = nn.Parameter(basis)
         else:
             self.register_parameter("basis", None)
-        self.feature_channels = None if feature_channels is None else int(feature_channels)
-
-    @property
-    def extractor(self) -> Optional[nn.Module]:
-        """The frozen feature extractor (``features=extractor``), or ``None`` with ``features="batch"``."""
-        return self._extractor[0] if self._extractor else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K+1, H, W)`` at the input size."""
         return self.network(check_images(images))
 
     # ------------------------------------------------------------------------------ loss inputs
-
-    def _features(self, batch: dict, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """``V`` ``(B, C, H, W)`` at the logits' size, float32, no gradient."""
-        if self.extractor is not None:
-            from partlab.features import upsample_concat
-
-            extractor = self.extractor
-            where = next(iter(extractor.buffers()), None)
-            where = images.device if where is None else where.device
-            with torch.no_grad():
-                maps = extractor(images.detach().to(where), layers=list(self.feature_layers))
-                return upsample_concat(maps, self.feature_layers, size).to(images.device, torch.float32)
-        if "features" not in batch:
-            raise KeyError(f"SCOPS(features='batch') needs batch['features'] (B, C, h, w) for the semantic "
-                           f"consistency loss, but the batch has only {sorted(batch)}; {_FEATURES_HELP}")
-        features = batch["features"]
-        if not isinstance(features, torch.Tensor) or features.dim() != 4 or features.shape[0] != images.shape[0]:
-            shape = tuple(features.shape) if hasattr(features, "shape") else type(features).__name__
-            raise ValueError(f"batch['features'] must have shape (B, C, h, w) with B = {images.shape[0]}, got {shape}")
-        if features.shape[1] != self.feature_channels:
-            raise ValueError(f"batch['features'] has {features.shape[1]} channels but the part basis was built "
-                             f"for feature_channels={self.feature_channels}")
-        features = features.to(images.device, torch.float32)
-        if tuple(features.shape[-2:]) != size:
-            features = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
-        return features                                                                 # (B, C, H, W)
 
     def _saliency(self, batch: dict, images: torch.Tensor, size: tuple[int, int]) -> Optional[torch.Tensor]:
         """``D`` ``(B, 1, H, W)`` at the logits' size, or ``None`` (no mask)."""
@@ -318,7 +267,7 @@ class SCOPS(PartSegmenter):
                 terms["lmeqv"] = equivariance_center_loss(logits_t, logits, warp, eps=self.eps)
 
         if w["sc"] > 0:                                                                # Eq. (4)
-            features = self._features(batch, images, size)                               # (B, C, H, W)
+            features = self._features(batch, images, size, "the semantic consistency loss")  # (B, C, H, W)
             saliency = self._saliency(batch, images, size)                               # (B, 1, H, W)
             terms["sc"] = semantic_consistency_loss(parts, features, self.basis.float(), saliency)
 
