@@ -4,7 +4,7 @@
     partlab render --category bird -n 16 out.png   a grid of synthetic samples with part overlays
     partlab train {oracle,scops,contrastive} [--category bird] [--size 64] [--steps N] [--out DIR] [--resume] ...
                                                train on the synthetic world into a run folder
-    partlab evaluate --run DIR [--run DIR2] [--baseline kmeans|dff] [--baseline-mask true|rbd|none] [--json out.json]
+    partlab evaluate --run DIR [--run DIR2] [--run-mask own|true] [--baseline kmeans|dff] [--baseline-mask true|rbd|none] [--json out.json]
                                                one benchmark table (partlab.evaluation) on the synthetic test split
     partlab segment --run DIR IMAGE... [--out DIR]  part overlays and label maps of your own PNG/JPG images
     partlab notebooks run [--quick] [--only NAME] [-p KEY VALUE] [--html]   the curriculum (papermill)
@@ -207,7 +207,11 @@ def _cmd_evaluate(args) -> int:
         name = _unique_name(Path(meta["run_dir"]).resolve().name, results)
         if (meta["category"], meta["size"]) != (category, size):
             print(f"  note: {name} was trained on {meta['category']} at {meta['size']} px")
-        results[name], _ = evaluation.score_model(model, train, test, category=category, device=args.device)
+        masks = args.run_mask or ["own"]
+        for mask in masks:
+            label = name if len(masks) == 1 else f"{name} ({mask} mask)"
+            results[label], _ = evaluation.score_model(model, train, test, category=category, device=args.device,
+                                                       mask=mask)
     if args.baseline:
         from partlab.features import get_extractor
 
@@ -354,6 +358,9 @@ def _add_evaluate_parser(sub) -> None:
                           help="where the baselines look for parts (repeatable): true (the true foreground, the "
                                "default), rbd (the unsupervised saliency SCOPS gets: the fair comparison for it), "
                                "none (the whole image)")
+    evaluate.add_argument("--run-mask", action="append", choices=("own", "true"), metavar="MASK",
+                          help="own (default): the method finds the object; true: its parts are scored inside the "
+                               "true foreground (contrastive runs; the paper's protocol). Repeatable")
     evaluate.add_argument("--category", help="default: the runs' category, else bird")
     evaluate.add_argument("--size", type=_positive_int, help="default: the runs' size, else 64")
     evaluate.add_argument("--n-test", type=_positive_int, default=200)

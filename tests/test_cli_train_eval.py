@@ -155,6 +155,19 @@ def test_evaluate_runs_and_a_baseline_into_one_table_and_json(runs, tmp_path, ca
         assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
 
 
+def test_evaluate_a_contrastive_run_with_its_own_and_the_true_mask(runs, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    assert cli.main(["evaluate", "--run", str(runs["contrastive"]), "--run-mask", "own", "--run-mask", "true",
+                     "--n-test", "6", "--n-train", "16", "--device", "cpu", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert list(results) == ["contrastive_bird (own mask)", "contrastive_bird (true mask)"]
+    assert results["contrastive_bird (true mask)"]["fg_iou"] == pytest.approx(1.0)
+    assert cli.main(["evaluate", "--run", str(runs["scops"]), "--run-mask", "true", "--n-test", "6",
+                     "--n-train", "16", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "takes no foreground mask" in err and len(err.strip().splitlines()) == 1
+
+
 def test_evaluate_missing_run_is_one_line_saying_how_to_make_it(tmp_path, capsys):
     missing = tmp_path / "runs" / "scops_bird"
     assert cli.main(["evaluate", "--run", str(missing)]) == 2

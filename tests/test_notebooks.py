@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 
 from partlab import notebooks as nbs
@@ -34,6 +35,9 @@ def test_contract(path):
     missing = set(nbs.REQUIRED_PARAMETERS) - set(declared)
     assert not missing, f"parameters cell lacks {sorted(missing)}"
     assert declared["quick"] is True, "the committed default must be quick mode"
+    # papermill must parse every parameter line ('=' inside a comment breaks its parser silently)
+    parsed = set(papermill.inspect_notebook(str(path)))
+    assert set(declared) <= parsed, f"papermill cannot parse the parameters {sorted(set(declared) - parsed)}"
     assert declared["device"] == "auto" and declared["dataset"] == "synthetic"
     assert nb.metadata.get("kernelspec", {}).get("name") == nbs.KERNEL_NAME
     assert "write_metrics" in code[-1].source, "the last cell must write the metrics JSON"
