@@ -83,6 +83,34 @@ class PartSegmenter(nn.Module, abc.ABC):
         probs = self.eval_forward(self, images).float().softmax(dim=1)  # (B, K+1, H, W)
         return {"probs": probs, "labels": probs.argmax(dim=1)}
 
+    def network_groups(self, config, clip: Optional[float] = None) -> list[dict]:
+        """Parameter groups of ``self.network`` for :func:`partlab.train.fit`: one group at ``config.lr``,
+        or for a network with ``head_parameters`` (DeepLab) the backbone at ``config.lr`` and the head at
+        ``10 * config.lr`` (as in the SCOPS and contrastive originals); each clipped at ``clip`` (None: the
+        trainer's ``grad_clip``)."""
+        network = self.network
+        if hasattr(network, "head_parameters"):
+            return [{"params": network.backbone_parameters(), "clip": clip},
+                    {"params": network.head_parameters(), "lr": 10 * config.lr, "clip": clip}]
+        return [{"params": [p for p in network.parameters() if p.requires_grad], "clip": clip}]
+
+    @staticmethod
+    def check_weights(weights: dict[str, float]) -> dict[str, float]:
+        """Loss weights as floats; ``ValueError`` naming any that is negative or NaN (0 switches a term off)."""
+        weights = {name: float(value) for name, value in weights.items()}
+        bad = {f"lambda_{name}": value for name, value in weights.items() if not value >= 0}
+        if bad:
+            raise ValueError(f"loss weights must be >= 0 (0 switches a term off), got {bad}")
+        return weights
+
+    def weighted_total(self, terms: dict[str, torch.Tensor], output: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"loss": sum_t self.weights[t] * terms[t], <t>: terms[t] detached}``. With no term (every
+        weight 0) the loss is ``0 * output.sum()``: zero, but still a graph reaching the network."""
+        total = sum(self.weights[name] * value for name, value in terms.items()) if terms else 0.0 * output.sum()
+        out = {"loss": total}
+        out.update({name: value.detach() for name, value in terms.items()})
+        return out
+
     @torch.no_grad()
     def eval_forward(self, module: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """``module(images)`` (``self`` or a part of it, e.g. ``self.network``) for checked images moved
@@ -169,3 +197,44 @@ class FrozenFeatures:
         if tuple(features.shape[-2:]) != tuple(size):
             features = F.interpolate(features, size=tuple(size), mode="bilinear", align_corners=False)
         return features                                                                 # (B, C, H, W)
+
+
+def quick_setup(cls, category: str, *, size: int, n_train: int, seed: int, features, device, num_parts,
+                network: str, feature_size, quick_weights: dict, quick_fit: dict, extras: dict, settings: dict,
+                model_kwargs: dict, describe: dict):
+    """The steps every quick-mode setup shares (:func:`partlab.methods.scops.scops_quick_setup`,
+    :func:`partlab.methods.contrastive.contrastive_quick_setup`): the synthetic ``"train"`` split; frozen
+    features of every image with the extractor's ``layers_for(cls.feature_role)`` layers, computed once;
+    those and ``extras`` (name -> function of the dataset, e.g. saliency maps) attached with
+    :class:`partlab.data.extras.WithExtras`; a ``cls`` reading them (with ``network="unet"``: the quick
+    U-Net and ``quick_weights``; then ``settings`` and ``model_kwargs``); ``info`` saying what was used
+    (plus ``describe``) and ``info["fit"]``, the :func:`partlab.train.fit` settings (``quick_fit``).
+
+    Returns ``(model, train_dataset, info)``.
+    """
+    from partlab import utils
+    from partlab.data.extras import WithExtras
+    from partlab.data.synthetic import SyntheticParts
+    from partlab.data.synthetic import num_parts as category_parts
+    from partlab.features import extract_features, get_extractor
+    from partlab.models import QUICK_UNET
+
+    dev = utils.device(device)
+    dataset = SyntheticParts(category, size=size, length=n_train, seed=seed, split="train")
+    extractor = get_extractor(features, device=dev) if isinstance(features, str) else features
+    layers = extractor.layers_for(cls.feature_role)
+    feats = extract_features(extractor, dataset, layers, size=feature_size)         # (N, C, h, w), CPU
+    train = WithExtras(dataset, features=feats, **{name: make(dataset) for name, make in extras.items()})
+    k = category_parts(category) if num_parts is None else int(num_parts)
+    kwargs = {"network": network, "feature_channels": feats.shape[1], **settings}
+    if network == "unet":                      # quick mode: the small U-Net and its weights
+        kwargs.update(QUICK_UNET)
+        kwargs.update(quick_weights)
+    kwargs.update(model_kwargs)
+    torch.manual_seed(seed)
+    model = cls(k, **kwargs)
+    info = {"features": f"{extractor.name}: {extractor.description}", "feature_layers": layers,
+            "feature_shape": tuple(feats.shape), **describe, "device": utils.describe_device(dev), "num_parts": k,
+            "category": category, "size": size, "n_train": n_train, "weights": dict(model.weights),
+            "model_kwargs": dict(kwargs), "fit": dict(quick_fit, device=str(dev), seed=seed)}
+    return model, train, info

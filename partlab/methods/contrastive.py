@@ -103,11 +103,7 @@ class ContrastiveParts(FrozenFeatures, PartSegmenter):
                  jitter: Union[str, dict] = "contrastive", clip: Optional[float] = 5.0,
                  **network_kwargs: Any) -> None:
         super().__init__(num_parts)
-        self.weights = {"f": float(lambda_f), "c": float(lambda_c), "v": float(lambda_v), "e": float(lambda_e),
-                        "fg": float(lambda_fg)}
-        bad = {f"lambda_{k}": v for k, v in self.weights.items() if not v >= 0}
-        if bad:
-            raise ValueError(f"loss weights must be >= 0 (0 switches a term off), got {bad}")
+        self.weights = self.check_weights({"f": lambda_f, "c": lambda_c, "v": lambda_v, "e": lambda_e, "fg": lambda_fg})
         if foreground not in FOREGROUND_CHOICES:
             raise ValueError(f"foreground={foreground!r}; choose one of {FOREGROUND_CHOICES}")
         if not temperature > 0:
@@ -191,20 +187,11 @@ class ContrastiveParts(FrozenFeatures, PartSegmenter):
         if w["fg"] > 0:
             terms["fg"] = F.binary_cross_entropy_with_logits(-raw[:, :1], fg)          # foreground logit = -b
 
-        if terms:
-            total = sum(w[name] * value for name, value in terms.items())
-        else:
-            total = 0.0 * raw.sum()
-        out = {"loss": total}
-        out.update({name: value.detach() for name, value in terms.items()})
-        return out
+        return self.weighted_total(terms, raw)
 
     def param_groups(self, config) -> list[dict]:
         """Network at ``config.lr`` (DeepLab: head at 10x), gradient norm clipped at ``clip``."""
-        if hasattr(self.network, "head_parameters"):
-            return [{"params": self.network.backbone_parameters(), "clip": self.clip},
-                    {"params": self.network.head_parameters(), "lr": 10 * config.lr, "clip": self.clip}]
-        return [{"params": [p for p in self.network.parameters() if p.requires_grad], "clip": self.clip}]
+        return self.network_groups(config, self.clip)
 
     # ------------------------------------------------------------------------------ inference
 
@@ -267,45 +254,16 @@ def contrastive_quick_setup(category: str = "bird", size: int = 64, n_train: int
     paper's weights; ``**model_kwargs`` override); ``info["fit"]`` the :func:`partlab.train.fit`
     settings (:data:`QUICK_FIT`). K defaults to the category's number of part classes.
     """
-    from partlab import utils
-    from partlab.data.extras import WithExtras
-    from partlab.data.synthetic import SyntheticParts
-    from partlab.data.synthetic import num_parts as category_parts
-    from partlab.features import extract_features, get_extractor
-    from partlab.models import QUICK_UNET
+    from partlab.methods.base import quick_setup
 
     if foreground not in FOREGROUND_CHOICES:
         raise ValueError(f"foreground={foreground!r}; choose one of {FOREGROUND_CHOICES}")
-    dev = utils.device(device)
-    dataset = SyntheticParts(category, size=size, length=n_train, seed=seed, split="train")
-    extractor = get_extractor(features, device=dev) if isinstance(features, str) else features
-    layers = extractor.layers_for("contrastive")
-    extras = {"features": extract_features(extractor, dataset, layers, size=feature_size)}    # (N, C, h, w)
+    extras = {}
     if foreground == "saliency":
         from partlab.saliency import cached_saliency
 
-        extras["saliency"] = cached_saliency(dataset, "rbd")
-    train = WithExtras(dataset, **extras)
-    k = category_parts(category) if num_parts is None else int(num_parts)
-    settings = {"network": network, "feature_channels": extras["features"].shape[1], "foreground": foreground}
-    if network == "unet":
-        settings.update(QUICK_UNET)
-        settings.update(QUICK_WEIGHTS)
-    settings.update(model_kwargs)
-    torch.manual_seed(seed)
-    model = ContrastiveParts(k, **settings)
-    info = {
-        "features": f"{extractor.name}: {extractor.description}",
-        "feature_layers": layers,
-        "feature_shape": tuple(extras["features"].shape),
-        "foreground": foreground,
-        "device": utils.describe_device(dev),
-        "num_parts": k,
-        "category": category,
-        "size": size,
-        "n_train": n_train,
-        "weights": dict(model.weights),
-        "model_kwargs": dict(settings),
-        "fit": dict(QUICK_FIT, device=str(dev), seed=seed),
-    }
-    return model, train, info
+        extras["saliency"] = lambda data: cached_saliency(data, "rbd")
+    return quick_setup(ContrastiveParts, category, size=size, n_train=n_train, seed=seed, features=features,
+                       device=device, num_parts=num_parts, network=network, feature_size=feature_size,
+                       quick_weights=QUICK_WEIGHTS, quick_fit=QUICK_FIT, settings={"foreground": foreground},
+                       model_kwargs=model_kwargs, extras=extras, describe={"foreground": foreground})

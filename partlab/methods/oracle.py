@@ -62,10 +62,7 @@ class SupervisedOracle(PartSegmenter):
 
     def param_groups(self, config) -> list[dict]:
         """One group, or for DeepLab the backbone at ``config.lr`` and the head at 10x (as in SCOPS)."""
-        if hasattr(self.network, "head_parameters"):
-            return [{"params": self.network.backbone_parameters()},
-                    {"params": self.network.head_parameters(), "lr": 10 * config.lr}]
-        return [{"params": list(self.parameters())}]
+        return self.network_groups(config)
 
 
 # Quick-mode oracle training (U-Net, 64 px, CPU): the settings of notebook 01's benchmark.

@@ -64,7 +64,7 @@ from partlab.losses import (
     semantic_consistency_loss,
 )
 from partlab.methods.base import FrozenFeatures, PartSegmenter, check_images
-from partlab.models import QUICK_UNET, build_network
+from partlab.models import build_network
 
 __all__ = ["ABLATIONS", "QUICK_FIT", "QUICK_WEIGHTS", "SCOPS", "postprocess_labels", "scops_quick_setup", "train_variants"]
 
@@ -170,11 +170,8 @@ class SCOPS(FrozenFeatures, PartSegmenter):
         super().__init__(num_parts)
         if lambda_eqv is None:
             lambda_eqv = 1e3 / (num_parts + 1)
-        self.weights = {"con": float(lambda_con), "eqv": float(lambda_eqv), "lmeqv": float(lambda_lmeqv),
-                        "sc": float(lambda_sc), "orthonormal": float(lambda_orthonormal)}
-        bad = {f"lambda_{k}": v for k, v in self.weights.items() if not v >= 0}
-        if bad:
-            raise ValueError(f"loss weights must be >= 0 (0 switches a term off), got {bad}")
+        self.weights = self.check_weights({"con": lambda_con, "eqv": lambda_eqv, "lmeqv": lambda_lmeqv,
+                                           "sc": lambda_sc, "orthonormal": lambda_orthonormal})
         if saliency not in SALIENCY_CHOICES:
             raise ValueError(f"saliency={saliency!r}; choose one of {SALIENCY_CHOICES}")
         self.saliency = saliency
@@ -274,13 +271,7 @@ class SCOPS(FrozenFeatures, PartSegmenter):
         if w["orthonormal"] > 0:                                                       # Eq. (5)
             terms["orthonormal"] = orthonormal_loss(self.basis.float())
 
-        if terms:
-            total = sum(w[name] * value for name, value in terms.items())
-        else:  # every weight 0: a zero loss that still reaches the network (the trainer needs a graph)
-            total = 0.0 * logits.sum()
-        out = {"loss": total}
-        out.update({name: value.detach() for name, value in terms.items()})
-        return out
+        return self.weighted_total(terms, logits)
 
     # ------------------------------------------------------------------------------ optimiser
 
@@ -293,11 +284,7 @@ class SCOPS(FrozenFeatures, PartSegmenter):
           head together);
         - part basis: its own SGD, ``basis_lr`` (0.01), momentum 0.9, weight decay 5e-4, clip 5.
         """
-        if hasattr(self.network, "head_parameters"):
-            groups = [{"params": self.network.backbone_parameters(), "clip": self.clip},
-                      {"params": self.network.head_parameters(), "lr": 10 * config.lr, "clip": self.clip}]
-        else:
-            groups = [{"params": [p for p in self.network.parameters() if p.requires_grad], "clip": self.clip}]
+        groups = self.network_groups(config, self.clip)
         if self.basis is not None:
             groups.append({"params": [self.basis], "optimizer": "sgd", "lr": self.basis_lr,
                            "momentum": self.basis_momentum, "weight_decay": self.basis_weight_decay,
@@ -371,45 +358,16 @@ def scops_quick_setup(category: str = "bird", size: int = 64, n_train: int = 512
         ``"saliency"``, ``"device"``, ``"num_parts"``, ...) and holds ``info["fit"]``, the
         keyword arguments of :func:`partlab.train.fit` for this recipe.
     """
-    from partlab import utils
-    from partlab.data.extras import WithExtras
-    from partlab.data.synthetic import SyntheticParts
-    from partlab.data.synthetic import num_parts as category_parts
-    from partlab.features import extract_features, get_extractor
+    from partlab.methods.base import quick_setup
     from partlab.saliency import cached_saliency
 
     if saliency not in ("rbd", "oracle", "none"):
         raise ValueError(f"saliency={saliency!r}; quick mode caches 'rbd', 'oracle' or 'none'")
-    dev = utils.device(device)
-    dataset = SyntheticParts(category, size=size, length=n_train, seed=seed, split="train")
-    extractor = get_extractor(features, device=dev) if isinstance(features, str) else features
-    layers = extractor.layers_for("scops")
-    feats = extract_features(extractor, dataset, layers, size=feature_size)         # (N, C, h, w), CPU
-    maps = cached_saliency(dataset, saliency, path=saliency_path)                   # (N, 1, H, W), CPU
-    train = WithExtras(dataset, features=feats, saliency=maps)
-    k = category_parts(category) if num_parts is None else int(num_parts)
-    settings = {"network": network, "feature_channels": feats.shape[1], "saliency": "batch"}
-    if network == "unet":                      # quick mode: the small U-Net and its weights
-        settings.update(QUICK_UNET)
-        settings.update(QUICK_WEIGHTS)
-    settings.update(scops_kwargs)
-    torch.manual_seed(seed)
-    model = SCOPS(k, **settings)
-    info = {
-        "features": f"{extractor.name}: {extractor.description}",
-        "feature_layers": layers,
-        "feature_shape": tuple(feats.shape),
-        "saliency": saliency,
-        "device": utils.describe_device(dev),
-        "num_parts": k,
-        "category": category,
-        "size": size,
-        "n_train": n_train,
-        "weights": dict(model.weights),
-        "model_kwargs": dict(settings),
-        "fit": dict(QUICK_FIT, device=str(dev), seed=seed),
-    }
-    return model, train, info
+    return quick_setup(SCOPS, category, size=size, n_train=n_train, seed=seed, features=features, device=device,
+                       num_parts=num_parts, network=network, feature_size=feature_size, quick_weights=QUICK_WEIGHTS,
+                       quick_fit=QUICK_FIT, settings={"saliency": "batch"}, model_kwargs=scops_kwargs,
+                       extras={"saliency": lambda data: cached_saliency(data, saliency, path=saliency_path)},
+                       describe={"saliency": saliency})
 
 
 def train_variants(variants, train, info: dict, *, max_steps: Optional[int] = None, progress=None,
