@@ -262,8 +262,8 @@ def score_model(model, train: Mapping[str, torch.Tensor], test: Mapping[str, tor
     """
     if mask not in ("own", "true"):
         raise ValueError(f"mask must be 'own' or 'true', got {mask!r}")
-    fg = (lambda split: split["fg"]) if mask == "true" else (lambda split: None)
-    pred_train = predict_dataset(model, train["image"], batch_size=batch_size, device=device, fg=fg(train))
-    pred_test = predict_dataset(model, test["image"], batch_size=batch_size, device=device, fg=fg(test))
+    fg_train, fg_test = (train["fg"], test["fg"]) if mask == "true" else (None, None)
+    pred_train = predict_dataset(model, train["image"], batch_size=batch_size, device=device, fg=fg_train)
+    pred_test = predict_dataset(model, test["image"], batch_size=batch_size, device=device, fg=fg_test)
     scores = score_parts(pred_test, test, pred_train=pred_train, truth_train=train, category=category)
     return scores, pred_test

@@ -244,6 +244,49 @@ def compare_segmentations(images, rows: Mapping[str, "torch.Tensor"], *, n: int 
     return fig
 
 
+def image_rows(rows: Mapping[str, "torch.Tensor"], *, n: int = 6, cell: float = 1.6):
+    """One titled row per entry, the first ``n`` items side by side (what a loss reads, image by image).
+
+    Args:
+        rows: ``{title: stack}`` with RGB images ``(N, 3, H, W)`` or one-channel maps ``(N, 1, H, W)`` /
+            ``(N, H, W)``, all in [0, 1] (maps are drawn in grey, 0 black, 1 white).
+    """
+    if not rows:
+        raise ValueError("rows is empty: give {title: (N, 3, H, W) images or (N, H, W) maps}")
+    n = min(int(n), *(len(stack) for stack in rows.values()))
+    fig, axes = _grid(n * len(rows), n, cell)
+    for r, (title, stack) in enumerate(rows.items()):
+        for i in range(n):
+            item = stack[i]
+            if item.dim() == 3 and item.shape[0] == 3:
+                axes[r, i].imshow(to_hwc(item))
+            else:
+                axes[r, i].imshow(item.reshape(item.shape[-2:]).detach().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[r, 0].set_title(title, loc="left", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def show_similarity(similarities: Mapping[str, "torch.Tensor"], *, ax_size: float = 3.4):
+    """Heatmaps of ``(K, K)`` part-to-part similarities (e.g. :func:`partlab.losses.cross_image_similarity`),
+    one per entry, on one colour scale, parts numbered 1..K."""
+    import matplotlib.pyplot as plt
+
+    if not similarities:
+        raise ValueError("similarities is empty: give {title: (K, K) tensor}")
+    low = min(float(m.min()) for m in similarities.values())
+    high = max(float(m.max()) for m in similarities.values())
+    fig, axes = plt.subplots(1, len(similarities), figsize=(ax_size * len(similarities) + 0.6, ax_size * 0.9),
+                             squeeze=False)
+    for ax, (title, matrix) in zip(axes[0], similarities.items()):
+        k = matrix.shape[0]
+        shown = ax.imshow(matrix.detach().cpu().numpy(), cmap="viridis", vmin=low, vmax=high)
+        ax.set_xticks(range(k), range(1, k + 1)); ax.set_yticks(range(k), range(1, k + 1))
+        ax.set_xlabel("part j (other image)"); ax.set_ylabel("part i"); ax.set_title(title, fontsize=9)
+    fig.colorbar(shown, ax=list(axes[0]))
+    return fig
+
+
 def part_legend(ax, names: Sequence[str], loc: str = "upper right") -> None:
     """A legend mapping palette colours to part names (``names[0]`` is the background)."""
     from matplotlib.patches import Patch

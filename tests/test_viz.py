@@ -115,3 +115,32 @@ def test_compare_segmentations_one_row_per_method():
     plt.close(fig)
     with pytest.raises(ValueError, match="rows is empty"):
         viz.compare_segmentations(images, {})
+
+
+def test_image_rows_draws_images_and_grey_maps():
+    import matplotlib.pyplot as plt
+
+    images, maps = torch.rand(5, 3, 8, 8), torch.rand(5, 1, 8, 8)
+    fig = viz.image_rows({"image": images, "mask": maps, "flat": maps[:, 0]}, n=3)
+    assert len(fig.axes) == 3 * 3
+    assert [fig.axes[3 * r].get_title(loc="left") for r in range(3)] == ["image", "mask", "flat"]
+    assert np.allclose(fig.axes[0].get_images()[0].get_array(), viz.to_hwc(images[0]))
+    grey = fig.axes[3 + 1].get_images()[0]
+    assert np.allclose(grey.get_array(), maps[1, 0].numpy()) and grey.get_clim() == (0, 1)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="rows is empty"):
+        viz.image_rows({})
+
+
+def test_show_similarity_shares_one_colour_scale():
+    import matplotlib.pyplot as plt
+
+    a, b = torch.eye(3), torch.full((3, 3), 0.5)
+    fig = viz.show_similarity({"a": a, "b": b})
+    heatmaps = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_title() for ax in heatmaps[:2]] == ["a", "b"]
+    assert all(ax.get_images()[0].get_clim() == (0.0, 1.0) for ax in heatmaps[:2])
+    assert [t.get_text() for t in heatmaps[0].get_xticklabels()] == ["1", "2", "3"]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="empty"):
+        viz.show_similarity({})

@@ -109,10 +109,10 @@ def part_consistency_loss(parts: torch.Tensor, values: torch.Tensor, fg: torch.T
     values = values.to(parts.dtype)
     m = parts * fg                                                              # (B, K, H, W)
     mass = m.sum(dim=(-2, -1))                                                  # (B, K)
-    mu = torch.einsum("bkhw,bchw->bkc", m, values) / (mass[..., None] + MEAN_EPS)   # (B, K, C)
-    # sum_p m (v - mu)^2 = sum_p m v^2 - 2 mu sum_p m v + mu^2 sum_p m, without a (B, K, C, H, W) tensor
-    second = torch.einsum("bkhw,bchw->bkc", m, values * values)                 # sum_p m v^2
     first = torch.einsum("bkhw,bchw->bkc", m, values)                           # sum_p m v
+    second = torch.einsum("bkhw,bchw->bkc", m, values * values)                 # sum_p m v^2
+    mu = first / (mass[..., None] + MEAN_EPS)                                   # (B, K, C)
+    # sum_p m (v - mu)^2 = sum_p m v^2 - 2 mu sum_p m v + mu^2 sum_p m, without a (B, K, C, H, W) tensor
     spread = (second - 2 * mu * first + mu * mu * mass[..., None]).clamp_min(0)  # (B, K, C)
     per_image = spread.sum(dim=(1, 2)) / (fg.sum(dim=(1, 2, 3)) + MEAN_EPS)     # (B,)
     return per_image.mean() if reduction == "mean" else per_image.sum()

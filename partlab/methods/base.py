@@ -127,6 +127,33 @@ class PartSegmenter(nn.Module, abc.ABC):
             self.train(was_training)
 
 
+_MASK_HELP = {"fg": "use a dataset with foreground masks (SyntheticParts has them)",
+              "saliency": "attach maps with WithExtras(dataset, saliency=partlab.saliency.cached_saliency(dataset, "
+                          "'rbd'))"}
+
+
+def batch_map(batch: dict, key: str, images: torch.Tensor, size: tuple, owner: str, how: str = "") -> torch.Tensor:
+    """A one-channel map of the batch (``batch[key]``: a foreground mask or a saliency map, ``(B, 1, h, w)``
+    or ``(B, h, w)``) as float32 ``(B, 1, H, W)`` on the images' device, bilinearly resized to ``size``.
+    A missing key or a wrong shape raises one error naming ``owner`` (e.g. ``"SCOPS(saliency='batch')"``)
+    and how to provide the map (``how``, default: the usual way for ``"fg"`` / ``"saliency"``)."""
+    import torch.nn.functional as F
+
+    if key not in batch:
+        raise KeyError(f"{owner} needs batch[{key!r}] (B, 1, H, W), but the batch has only {sorted(batch)}; "
+                       f"{how or _MASK_HELP.get(key, 'add it to the dataset items')}")
+    values = batch[key]
+    if values.dim() == 3:
+        values = values[:, None]
+    if values.dim() != 4 or values.shape[:2] != (images.shape[0], 1):
+        raise ValueError(f"batch[{key!r}] must have shape (B, 1, H, W) or (B, H, W) with B = {images.shape[0]}, "
+                         f"got {tuple(values.shape)}")
+    values = values.to(images.device, torch.float32)
+    if tuple(values.shape[-2:]) != tuple(size):
+        values = F.interpolate(values, size=tuple(size), mode="bilinear", align_corners=False)
+    return values
+
+
 class FrozenFeatures:
     """Mixin for methods that read frozen semantic features ``V`` (SCOPS, contrastive discovery).
 

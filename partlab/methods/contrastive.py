@@ -50,7 +50,7 @@ from partlab.losses import (
     part_prototypes,
     rgb_to_lab,
 )
-from partlab.methods.base import FrozenFeatures, PartSegmenter, check_images
+from partlab.methods.base import FrozenFeatures, PartSegmenter, batch_map, check_images
 from partlab.models import build_network
 
 __all__ = ["CONTRASTIVE_ABLATIONS", "ContrastiveParts", "QUICK_FIT", "QUICK_WEIGHTS", "contrastive_quick_setup"]
@@ -133,20 +133,7 @@ class ContrastiveParts(FrozenFeatures, PartSegmenter):
 
     def _foreground(self, batch: dict, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         key = "fg" if self.foreground == "fg" else "saliency"
-        if key not in batch:
-            how = ("use a dataset with foreground masks (SyntheticParts has them)" if key == "fg" else
-                   "attach maps with WithExtras(dataset, saliency=partlab.saliency.cached_saliency(dataset, 'rbd'))")
-            raise KeyError(f"ContrastiveParts(foreground={self.foreground!r}) needs batch[{key!r}] (B, 1, H, W), "
-                           f"but the batch has only {sorted(batch)}; {how}")
-        mask = batch[key]
-        if mask.dim() == 3:
-            mask = mask[:, None]
-        if mask.dim() != 4 or mask.shape[:2] != (images.shape[0], 1):
-            raise ValueError(f"batch[{key!r}] must have shape (B, 1, H, W) or (B, H, W) with B = "
-                             f"{images.shape[0]}, got {tuple(mask.shape)}")
-        mask = mask.to(images.device, torch.float32)
-        if tuple(mask.shape[-2:]) != size:
-            mask = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
+        mask = batch_map(batch, key, images, size, f"ContrastiveParts(foreground={self.foreground!r})")
         return (mask > 0.5).float() if self.foreground == "saliency" else mask
 
     # ------------------------------------------------------------------------------ the losses

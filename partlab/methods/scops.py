@@ -51,7 +51,6 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from partlab.geometry import color_jitter, jitter_preset, part_centers, random_warp, warp_images, warp_preset
@@ -63,7 +62,7 @@ from partlab.losses import (
     orthonormal_loss,
     semantic_consistency_loss,
 )
-from partlab.methods.base import FrozenFeatures, PartSegmenter, check_images
+from partlab.methods.base import FrozenFeatures, PartSegmenter, batch_map, check_images
 from partlab.models import build_network
 
 __all__ = ["ABLATIONS", "QUICK_FIT", "QUICK_WEIGHTS", "SCOPS", "postprocess_labels", "scops_quick_setup", "train_variants"]
@@ -209,24 +208,11 @@ class SCOPS(FrozenFeatures, PartSegmenter):
             from partlab.saliency import saliency_maps
 
             saliency = saliency_maps(images.detach(), method="rbd")
-        else:
-            key = "saliency" if self.saliency == "batch" else "fg"
-            if key not in batch:
-                how = ("attach maps with WithExtras(dataset, saliency=partlab.saliency.cached_saliency(dataset, "
-                       "'rbd')), or build SCOPS(..., saliency='rbd' | 'none')" if key == "saliency"
-                       else "use a dataset with foreground masks (SyntheticParts has them)")
-                raise KeyError(f"SCOPS(saliency={self.saliency!r}) needs batch[{key!r}] (B, 1, H, W), but the "
-                               f"batch has only {sorted(batch)}; {how}")
-            saliency = batch[key]
-        if saliency.dim() == 3:
-            saliency = saliency[:, None]
-        if saliency.dim() != 4 or saliency.shape[:2] != (images.shape[0], 1):
-            raise ValueError(f"the saliency map must have shape (B, 1, H, W) or (B, H, W) with B = "
-                             f"{images.shape[0]}, got {tuple(saliency.shape)}")
-        saliency = saliency.to(images.device, torch.float32)
-        if tuple(saliency.shape[-2:]) != size:
-            saliency = F.interpolate(saliency, size=size, mode="bilinear", align_corners=False)
-        return saliency
+            batch = {"saliency": saliency}
+        key = "fg" if self.saliency == "oracle" else "saliency"
+        how = "" if key == "fg" else ("attach maps with WithExtras(dataset, saliency=partlab.saliency.cached_saliency("
+                                      "dataset, 'rbd')), or build SCOPS(..., saliency='rbd' | 'none')")
+        return batch_map(batch, key, images, size, f"SCOPS(saliency={self.saliency!r})", how)
 
     # ------------------------------------------------------------------------------ the losses
 
