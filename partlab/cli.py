@@ -14,20 +14,27 @@ A run folder (``--out`` of ``partlab train``) holds the checkpoint ``last.pt`` a
 from which :func:`partlab.methods.load_method` rebuilds the model. Quick mode (CPU, minutes) is the
 default; full mode is ``partlab train scops --size 256 --network deeplab --amp`` on a GPU.
 
-Errors a user can fix (a missing folder, a bad argument) print one line and exit with status 2.
+Errors a user can fix (a missing folder, a bad argument, an unreadable file) print one line and exit
+with status 2, before anything is written: output paths are checked first, and a run folder that a
+failed ``partlab train`` leaves without a checkpoint loses what that command added to it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
+import shutil
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 TRAIN_METHODS = ("oracle", "scops", "contrastive")
 FEATURE_CHOICES = ("auto", "standin", "vgg19", "rgb")
 _RECORD_KEYS = ("step", "lr", "seconds", "skipped")   # history entries that are not loss terms
+MAX_DATA_PIXELS = 250_000_000   # images x size^2 a command may synthesise and hold (3 GB of float32 RGB)
 
 
 def _cmd_info(args) -> int:
@@ -41,15 +48,48 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _check_output(path: Path, what: str, folder: bool) -> None:
+    """Refuse, before any work, an output that cannot be written: a file where a folder is wanted (or
+    the other way round), a path below a file, a folder without write permission."""
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file; give a folder")
+    if not folder and path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give a file name in it")
+    parent = path if folder else path.parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{what} {path} cannot be written: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path} cannot be written: no permission to write in {existing}")
+
+
+def _check_data_size(images: int, size: int, what: str) -> None:
+    """Refuse synthetic data that would not fit in memory: more than :data:`MAX_DATA_PIXELS` pixels."""
+    if images * size * size > MAX_DATA_PIXELS:
+        raise ValueError(f"{what}: {images} images of {size} px are more than partlab holds in memory "
+                         f"({MAX_DATA_PIXELS // 1_000_000} million pixels: at most "
+                         f"{MAX_DATA_PIXELS // (size * size)} images of {size} px); use fewer images or a "
+                         f"smaller --size")
+
+
 def _cmd_render(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
     import torch
+    from matplotlib.backend_bases import FigureCanvasBase
 
     from partlab import viz
     from partlab.data.synthetic import SyntheticParts
 
+    output = Path(args.output)
+    if not output.is_dir() and not output.suffix:
+        output = output.with_suffix(".png")                    # what matplotlib writes for a bare name
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if output.suffix and output.suffix[1:].lower() not in formats:
+        raise ValueError(f"cannot write a {output.suffix!r} file; name the output .png (or one of "
+                         f"{', '.join(sorted(formats))})")
+    _check_output(output, "output", folder=False)
     data = SyntheticParts(category=args.category, size=args.size, length=args.n, seed=args.seed, split=args.split)
     items = [data[i] for i in range(len(data))]
     images = torch.stack([it["image"] for it in items])
@@ -58,7 +98,7 @@ def _cmd_render(args) -> int:
     visible = torch.stack([it["visible"] for it in items])
     fig = viz.show_parts(images, labels, landmarks=landmarks, visible=visible, side_by_side=True,
                          ncols=min(8, args.n))
-    path = viz.save_figure(fig, args.output)
+    path = viz.save_figure(fig, output)
     print(f"wrote {path} ({args.n} {args.category} samples, {args.size}px, seed {args.seed}, split {args.split})")
     return 0
 
@@ -98,13 +138,47 @@ def _fit_settings(recipe: dict, args, out: Path) -> dict:
 
 
 def _check_run_folder(out: Path, resume: bool) -> None:
-    from partlab.train import CHECKPOINT_NAME
+    """Refuse an ``--out`` that cannot hold the run, a finished run without ``--resume``, and a
+    checkpoint to resume that cannot be read (before any setup work)."""
+    from partlab.train import CHECKPOINT_NAME, _read_checkpoint
 
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder for the run")
-    if (out / CHECKPOINT_NAME).exists() and not resume:
+    _check_output(out, "--out", folder=True)
+    checkpoint = out / CHECKPOINT_NAME
+    if checkpoint.exists() and not checkpoint.is_file():
+        raise ValueError(f"{checkpoint} is a folder, not a checkpoint; move it away, or choose another --out")
+    if checkpoint.exists() and not resume:
         raise ValueError(f"{out} already holds a trained run ({CHECKPOINT_NAME}); pass --resume to continue it, "
                          f"or choose another --out")
+    if checkpoint.exists():
+        try:
+            _read_checkpoint(checkpoint)
+        except RuntimeError as exc:
+            raise ValueError(f"{exc}; delete it to start {out} over, or choose another --out") from None
+
+
+@contextlib.contextmanager
+def _run_folder_kept_clean(out: Path) -> Iterator[None]:
+    """When the command does not finish and ``out`` holds no checkpoint, remove what it added: the
+    folders it created, or the files it wrote into a folder that was already there."""
+    from partlab.train import CHECKPOINT_NAME
+
+    created = None
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        created = folder                                          # the topmost folder this command makes
+    before = set(out.iterdir()) if created is None else set()
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        if not finished and not (out / CHECKPOINT_NAME).exists():
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            else:
+                for entry in set(out.iterdir()) - before:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def _check_resumed_run(out: Path, model, info: dict, args) -> None:
@@ -132,11 +206,17 @@ def _format_terms(record: dict) -> str:
 
 
 def _cmd_train(args) -> int:
-    from partlab.methods.runs import MODEL_JSON, save_model_json
-    from partlab.train import CHECKPOINT_NAME, fit
-
     out = Path(args.out or f"runs/{args.method}_{args.category}")
+    _check_data_size(args.n_train, args.size, "--n-train")
     _check_run_folder(out, args.resume)
+    with _run_folder_kept_clean(out):
+        return _train_into(out, args)
+
+
+def _train_into(out: Path, args) -> int:
+    from partlab.methods.runs import MODEL_JSON, save_model_json
+    from partlab.train import CHECKPOINT_NAME, TrainConfig, fit
+
     model, dataset, info = _training_setup(args, out)
     if args.resume:
         _check_resumed_run(out, model, info, args)
@@ -144,6 +224,7 @@ def _cmd_train(args) -> int:
     if backbone is not None:
         info["backbone"] = backbone
     settings = _fit_settings(info["fit"], args, out)
+    TrainConfig.from_kwargs(**settings)                        # refuse bad settings before writing anything
     info["fit"] = settings
     features = info.get("features")
     json_path = out / MODEL_JSON
@@ -194,10 +275,13 @@ def _cmd_evaluate(args) -> int:
     if not args.run and not args.baseline:
         raise ValueError("nothing to evaluate: give --run DIR (a folder from `partlab train scops --out DIR`) "
                          "and/or --baseline kmeans|dff")
+    if args.json:
+        _check_output(Path(args.json), "--json", folder=False)
     args.baseline_mask = args.baseline_mask or ["true"]
     runs = [load_method(path) for path in args.run]
     category = _pick("category", args.category, [meta["category"] for _, meta in runs]) or "bird"
     size = _pick("size", args.size, [meta["size"] for _, meta in runs]) or 64
+    _check_data_size(args.n_train + args.n_test, size, "--n-train + --n-test")
     train, test = evaluation.benchmark_splits(category, size=size, n_train=args.n_train, n_test=args.n_test,
                                               seed=args.seed)
     print(f"partlab evaluate: synthetic {category}, {size} px: {args.n_test} test images, {args.n_train} train "
@@ -227,7 +311,9 @@ def _cmd_evaluate(args) -> int:
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
         print(f"wrote {path}")
     return 0
 
@@ -237,67 +323,20 @@ def _cmd_evaluate(args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_image(path: str | Path):
-    """A PIL RGB image; ``FileNotFoundError`` / ``ValueError`` naming the path when it is not one."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not an image")
-    if not path.is_file():
-        raise FileNotFoundError(f"no image at {path}")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path} is not an image partlab can read (PNG or JPG): {exc}") from None
-
-
-def segment_images(model, pictures: list, size: int, device: str = "auto") -> list:
-    """Label maps ``(H, W)`` (int64, 0 = background) of PIL images at their own size: each image is
-    resized (not cropped) to ``size`` x ``size``, predicted, and the labels scaled back (nearest)."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image
-
-    from partlab.evaluation import predict_dataset
-
-    images = torch.stack([torch.from_numpy(np.asarray(p.resize((size, size), Image.BILINEAR), dtype=np.float32)
-                                           / 255.0).permute(2, 0, 1) for p in pictures])   # (N, 3, size, size)
-    labels = predict_dataset(model, images, device=device)["labels"]                      # (N, size, size)
-    return [F.interpolate(lab[None, None].float(), size=(p.height, p.width), mode="nearest")[0, 0].long()
-            for lab, p in zip(labels, pictures)]
-
-
-def write_segmentation(picture, labels, out: Path, name: str) -> tuple[Path, Path]:
-    """``<name>_parts.png`` (overlay) and ``<name>_labels.png`` (pixel value = label, coloured with the
-    palette of :mod:`partlab.viz`) in ``out``."""
-    import numpy as np
-    from PIL import Image
-
-    from partlab import viz
-
-    image = np.asarray(picture, dtype=np.float32) / 255.0                                  # (H, W, 3)
-    overlay = (viz.overlay(image, labels) * 255).round().astype(np.uint8)
-    parts_path, labels_path = out / f"{name}_parts.png", out / f"{name}_labels.png"
-    Image.fromarray(overlay).save(parts_path)
-    label_image = Image.fromarray(labels.numpy().astype(np.uint8))
-    label_image.putpalette((viz.PALETTE * 255).round().astype(np.uint8).ravel().tolist())  # mode L -> P
-    label_image.save(labels_path)
-    return parts_path, labels_path
-
-
 def _cmd_segment(args) -> int:
     from partlab.methods import load_method
+    from partlab.segment_io import output_names, read_image, segment_images, write_segmentation
 
+    out = Path(args.out)
+    _check_output(out, "--out", folder=True)
     pictures = [read_image(path) for path in args.images]
     model, meta = load_method(args.run)
-    out = Path(args.out)
+    labels = segment_images(model, pictures, meta["size"], args.device)
     out.mkdir(parents=True, exist_ok=True)
-    for path, picture, labels in zip(args.images, pictures, segment_images(model, pictures, meta["size"],
-                                                                           args.device)):
-        parts_path, labels_path = write_segmentation(picture, labels, out, Path(path).stem)
+    for path, name, picture, label_map in zip(args.images, output_names(args.images), pictures, labels):
+        if name != Path(path).stem:
+            print(f"note: {path} is written as {name}_*.png (an earlier image is also called {Path(path).stem})")
+        parts_path, labels_path = write_segmentation(picture, label_map, out, name)
         print(f"wrote {parts_path} and {labels_path} ({meta['method']}, {meta['size']} px)")
     return 0
 
@@ -317,13 +356,45 @@ COMMANDS: Dict[str, Callable] = {"info": _cmd_info, "render": _cmd_render, "trai
                                   "evaluate": _cmd_evaluate, "segment": _cmd_segment, "notebooks": _cmd_notebooks}
 
 
-def _positive_int(text: str) -> int:
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` whose errors are one line, like the commands' own:
+    ``partlab train: error: argument --lr: must be a finite number > 0, got nan (see `partlab train -h`)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} -h`)\n")
+
+
+def _integer(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value:g}")
     return value
 
 
@@ -335,7 +406,7 @@ def _add_train_parser(sub) -> None:
     train.add_argument("--n-train", type=_positive_int, default=512, help="number of training images")
     train.add_argument("--steps", type=_positive_int, help="optimisation steps (default: the quick recipe's)")
     train.add_argument("--batch-size", type=_positive_int, help="default: the quick recipe's")
-    train.add_argument("--lr", type=float, help="learning rate (default: the quick recipe's)")
+    train.add_argument("--lr", type=_positive_float, help="learning rate (default: the quick recipe's)")
     train.add_argument("--device", default="auto")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--features", choices=FEATURE_CHOICES, default="auto", help="the semantic features (SCOPS, contrastive)")
@@ -380,14 +451,14 @@ def _add_segment_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="partlab", description="Self-supervised co-part segmentation toolkit.")
+    parser = _Parser(prog="partlab", description="Self-supervised co-part segmentation toolkit.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="device, features and data partlab will use here")
     render = sub.add_parser("render", help="draw synthetic samples with part overlays to a PNG")
     render.add_argument("output", help="PNG file to write")
     render.add_argument("--category", default="bird")
-    render.add_argument("-n", type=int, default=8, help="number of samples")
-    render.add_argument("--size", type=int, default=64)
+    render.add_argument("-n", type=_int_in(1, 64), default=8, help="number of samples (1 to 64)")
+    render.add_argument("--size", type=_positive_int, default=64)
     render.add_argument("--seed", type=int, default=0)
     render.add_argument("--split", default="train")
     _add_train_parser(sub)

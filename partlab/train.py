@@ -524,13 +524,24 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizers: list[torch.optim.
 
 
 def _read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """The checkpoint dict of ``path``, read without running code from it (``weights_only=True``);
+    ``RuntimeError`` naming the file when it is damaged, truncated or not a :func:`fit` checkpoint."""
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise RuntimeError(f"could not read checkpoint {path} ({exc.__class__.__name__}: {exc})") from exc
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != "partlab.train/1":
-        raise RuntimeError(f"{path} is not a partlab.train checkpoint")
+        text = str(exc)
+        blocked = text.split("GLOBAL ", 1)[1].split()[0] if "GLOBAL " in text else None  # torch names it
+        reason = (f"it asks to load {blocked}, and partlab loads only tensors and plain values" if blocked
+                  else "it is empty, truncated or damaged")
+        raise RuntimeError(f"cannot read checkpoint {path}: {reason}") from None
+    missing = [] if not isinstance(checkpoint, dict) else [key for key in _CHECKPOINT_KEYS if key not in checkpoint]
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != "partlab.train/1" or missing:
+        raise RuntimeError(f"cannot read checkpoint {path}: it is not a partlab.train checkpoint"
+                           + (f" (it lacks {missing})" if missing else ""))
     return checkpoint
+
+
+_CHECKPOINT_KEYS = ("model", "optimizers", "scaler", "step", "seconds", "history", "config", "rng")
 
 
 def _load_model_state(model: nn.Module, state: dict, path: Path) -> None:

@@ -39,6 +39,9 @@ from partlab.methods.scops import SCOPS
 RUN_FORMAT = "partlab.run/1"
 MODEL_JSON = "model.json"
 _EXTRACTOR_KEY = "feature_extractor"
+MAX_PARTS = 255                        # label maps are 8-bit PNGs (0 = background)
+SIZE_RANGE = (16, 4096)                # the image size a run predicts at (partlab segment resizes to it)
+MAX_WEIGHTS = 200_000_000              # parameters + buffers a rebuilt model may hold (800 MB in float32)
 
 # Methods a run folder can hold, by class name (the "method" of model.json).
 METHODS: dict[str, type[PartSegmenter]] = {"ContrastiveParts": ContrastiveParts, "SCOPS": SCOPS,
@@ -130,7 +133,56 @@ def read_model_json(run_dir: str | os.PathLike) -> dict:
         raise ValueError(f"{path} cannot be read as JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
         raise ValueError(f"{path} is not a partlab run description (format {RUN_FORMAT!r})")
+    _check_model_json(meta, path)
     return meta
+
+
+def _is_int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_model_json(meta: dict, path: Path) -> None:
+    """``ValueError`` naming ``path`` and the field when ``meta`` cannot describe a model partlab
+    builds: checked before anything is built, so a damaged or hostile file allocates nothing."""
+    method = meta.get("method")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"{path} names method {method!r}, which partlab does not know; known methods: "
+                         f"{sorted(METHODS)}")
+    kwargs = meta.get("kwargs")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{path}: kwargs must be a JSON object {{name: value}} of {method}'s arguments, got "
+                         f"{type(kwargs).__name__}")
+    if not _is_int_in(kwargs.get("num_parts"), 1, MAX_PARTS):
+        raise ValueError(f"{path}: num_parts must be an integer in [1, {MAX_PARTS}], got "
+                         f"{kwargs.get('num_parts')!r}")
+    if not _is_int_in(meta.get("size"), *SIZE_RANGE):
+        raise ValueError(f"{path}: size must be an integer in [{SIZE_RANGE[0]}, {SIZE_RANGE[1]}], got "
+                         f"{meta.get('size')!r}")
+    if not isinstance(meta.get("category"), str):
+        raise ValueError(f"{path}: category must be a string, got {meta.get('category')!r}")
+    accepted = _accepted_kwargs(METHODS[method], kwargs, path)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"{path}: unknown argument(s) {unknown} for {method} with network "
+                         f"{kwargs.get('network', 'unet')!r}; it takes {sorted(accepted)}")
+
+
+def _accepted_kwargs(cls: type, kwargs: Mapping[str, Any], path: Path) -> set[str]:
+    """The keyword arguments ``cls(**kwargs)`` accepts: its own, and when it passes ``**network_kwargs``
+    to :func:`partlab.models.build_network`, those of the network ``kwargs["network"]`` names."""
+    from partlab.models import NETWORKS
+
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]          # without self
+    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return named
+    if "network" not in named:                                     # **kwargs not for a network: unchecked
+        return named | set(kwargs)
+    network = kwargs.get("network", inspect.signature(cls.__init__).parameters["network"].default)
+    if network not in NETWORKS:
+        raise ValueError(f"{path}: unknown network {network!r}; choose one of {sorted(NETWORKS)}")
+    network_parameters = list(inspect.signature(NETWORKS[network].__init__).parameters.values())[2:]  # self, out
+    return named | {p.name for p in network_parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def _rebuild_kwargs(kwargs: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -143,6 +195,21 @@ def _rebuild_kwargs(kwargs: Mapping[str, Any], device: torch.device) -> dict[str
     if "pretrained" in out:
         out["pretrained"] = False                                   # the checkpoint holds the weights
     return out
+
+
+def _build(cls: type[PartSegmenter], kwargs: dict[str, Any], path: Path) -> PartSegmenter:
+    """``cls(**kwargs)``, first built without memory (on the ``meta`` device) to refuse, with one
+    ``ValueError`` naming ``path``, arguments it rejects or a model of more than :data:`MAX_WEIGHTS`."""
+    try:
+        with torch.device("meta"):
+            probe = cls(**kwargs)
+    except (TypeError, ValueError, RuntimeError) as exc:         # values of the wrong type, range or size
+        raise ValueError(f"{path}: its kwargs cannot build a {cls.__name__}: {exc}") from None
+    weights = sum(t.numel() for t in (*probe.parameters(), *probe.buffers()))
+    if weights > MAX_WEIGHTS:
+        raise ValueError(f"{path}: its kwargs describe a {cls.__name__} of {weights:,} weights, more than the "
+                         f"{MAX_WEIGHTS:,} partlab rebuilds; the file is damaged")
+    return cls(**kwargs)
 
 
 def load_method(run_dir_or_checkpoint: str | os.PathLike,
@@ -171,18 +238,16 @@ def load_method(run_dir_or_checkpoint: str | os.PathLike,
                                 f"`partlab train scops --out {path}`")
     run_dir, checkpoint_path = (path, path / CHECKPOINT_NAME) if path.is_dir() else (path.parent, path)
     meta = read_model_json(run_dir)
-    method = meta.get("method")
-    if method not in METHODS:
-        raise ValueError(f"{run_dir / MODEL_JSON} names method {method!r}, which partlab does not know; "
-                         f"known methods: {sorted(METHODS)}")
+    if checkpoint_path.is_dir():
+        raise ValueError(f"{checkpoint_path} is a folder, not a checkpoint")
     if not checkpoint_path.is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint_path}: the run has not saved one yet; continue it "
                                 f"with `partlab train ... --out {run_dir} --resume`")
     device = torch.device(map_location) if isinstance(map_location, (str, torch.device)) else torch.device("cpu")
-    model = METHODS[method](**_rebuild_kwargs(meta.get("kwargs", {}), device))
+    model = _build(METHODS[meta["method"]], _rebuild_kwargs(meta["kwargs"], device), run_dir / MODEL_JSON)
     try:
         checkpoint = load_checkpoint(model, checkpoint_path, map_location=map_location)
     except RuntimeError as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(f"{exc}; train the run again, or use another run") from None
     meta = dict(meta, run_dir=str(run_dir), checkpoint={"path": str(checkpoint_path), "step": checkpoint["step"]})
     return model.to(device).eval(), meta
