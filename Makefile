@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.partlab-installed
 PIPFLAGS ?= -q
 
-.PHONY: setup demo test lab bench clean
+.PHONY: setup browser demo test lab bench clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,22 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/python -m partlab.notebooks run --quick --html
 
-## test: unit tests + a papermill run of every notebook in quick mode
-test: setup
+## browser: Debian's chromium + chromium-driver for tests/test_browser.py, installed when missing (root only;
+## otherwise that test skips and says why); apt's output goes to $(VENV)/apt-browser.log
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and chromium-driver (log: $(VENV)/apt-browser.log)"; mkdir -p $(VENV); \
+	    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+	      chromium chromium-driver; } >$(VENV)/apt-browser.log 2>&1 \
+	      || { tail -n 20 $(VENV)/apt-browser.log; exit 1; }; \
+	  else \
+	    echo "chromium/chromedriver missing and not root: the browser test will be skipped"; \
+	  fi; \
+	fi
+
+## test: unit tests + a papermill run of every notebook in quick mode + the widgets in headless Chromium
+test: setup browser
 	$(BIN)/python -m pytest
 
 ## lab: JupyterLab on the notebooks

@@ -59,6 +59,10 @@ class WeightExplorer:
         self._output = w.Output()
         button.on_click(lambda _: self.run())
         self._widgets = w.VBox(rows + [button, self._output])
+        # stable CSS classes: the browser test (tests/test_browser.py) finds the explorer by them
+        self._widgets.add_class("partlab-weight-explorer")
+        button.add_class("partlab-train-button")
+        self._output.add_class("partlab-explorer-output")
         return self._widgets
 
     def weights(self) -> dict:
