@@ -22,7 +22,13 @@ Background (documented choice):
 **K-means** (contrastive part discovery appendix, Sec. 2): the features of all foreground pixels
 of the collection (``fg >= 0.5``), **L2-normalised per pixel** (so clusters follow the feature
 direction, not its magnitude, which varies with contrast), clustered into K groups by k-means with
-the best of 5 k-means++ initialisations (scikit-learn). Background = ``fg < 0.5``.
+the best of 5 k-means++ initialisations (scikit-learn). Background = ``fg < 0.5``. Two protocols
+(:data:`KMEANS_PROTOCOLS`, chosen by name in :func:`partlab.evaluation.baseline_parts`):
+
+- ``"appendix"``, as the appendix runs it: VGG19 relu5_2 + relu5_4 (1024 channels; the stand-in's
+  layers of the same role), features upsampled to 64 x 64 before clustering, 100 k-means steps;
+- ``"partlab"`` (the default of the notebooks' tables): relu3_2 x 0.33 + relu5_4 (the features of
+  contrastive discovery's L_f), clustered at the features' own resolution, up to 300 steps.
 
 Soft maps: ``probs[:, 0] = 1 - fg`` and ``probs[:, 1:] = fg * softmax(scores / temperature)`` over
 the K parts (scores = normalised DFF heatmaps, or cosine similarity to the K-means centroids), so
@@ -205,15 +211,30 @@ def border_share(heatmaps: torch.Tensor, margin: float = 0.125) -> torch.Tensor:
     return heatmaps[..., border].sum(dim=(0, 2)) / total
 
 
+# The two K-means protocols: the extractor's layer recipe, the size the features are upsampled to
+# before clustering (None: their own resolution) and the number of k-means steps.
+KMEANS_PROTOCOLS: Dict[str, Dict[str, object]] = {
+    "partlab": {"layers": "kmeans", "fit_size": None, "max_iter": 300,
+                "description": "relu3_2 x 0.33 + relu5_4 at the features' resolution, best of 5 inits"},
+    "appendix": {"layers": "kmeans_appendix", "fit_size": 64, "max_iter": 100,
+                 "description": "relu5_2 + relu5_4 upsampled to 64 x 64, 100 steps, best of 5 inits "
+                                "(contrastive appendix)"},
+}
+
+
 def kmeans_parts(features: torch.Tensor, fg: torch.Tensor, num_parts: int, seed: int = 0, *,
                  size: Optional[Size] = None, n_init: int = 5, max_fit_pixels: int = 100_000,
-                 temperature: float = 0.1, normalize: bool = True) -> Dict[str, torch.Tensor]:
+                 temperature: float = 0.1, normalize: bool = True, fit_size: Optional[Size] = None,
+                 max_iter: int = 300) -> Dict[str, torch.Tensor]:
     """K-means part maps: cluster the foreground pixels' features of the whole collection.
 
     Args:
         features: (N, C, h, w) features (any resolution; pixels are fitted at the feature resolution
             where the fg mask, averaged down to it, is >= 0.5, and every pixel of the output size is
             then assigned to its nearest centroid from bilinearly upsampled features).
+        fit_size: upsample the features (bilinearly) to this size before clustering (64 in the
+            contrastive appendix); ``None`` clusters them at their own resolution.
+        max_iter: k-means steps per initialisation (100 in the appendix; scikit-learn's default 300).
         fg: foreground mask (N, H, W) or (N, 1, H, W), binary or soft.
         num_parts: K clusters.
         seed: k-means seed (and the seed of the subsample when there are more than ``max_fit_pixels``).
@@ -233,6 +254,10 @@ def kmeans_parts(features: torch.Tensor, fg: torch.Tensor, num_parts: int, seed:
         raise ValueError("kmeans_parts needs a foreground mask fg")
     out_size = _as_size(size, tuple(fg.shape[-2:]))
     feats = features.float().cpu()
+    if fit_size is not None:
+        h, w = _as_size(fit_size, (h, w))
+        if feats.shape[-2:] != (h, w):
+            feats = F.interpolate(feats, size=(h, w), mode="bilinear", align_corners=False)
     if normalize:
         feats = F.normalize(feats, dim=1)
     fg_low = F.adaptive_avg_pool2d(fg.cpu(), (h, w)) if fg.shape[-2:] != (h, w) else fg.cpu()
@@ -243,7 +268,8 @@ def kmeans_parts(features: torch.Tensor, fg: torch.Tensor, num_parts: int, seed:
     if X.shape[0] > max_fit_pixels:
         pick = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(int(seed)))[:max_fit_pixels]
         X = X[pick]
-    km = KMeans(n_clusters=num_parts, n_init=n_init, random_state=int(seed)).fit(X.numpy().astype(np.float64))
+    km = KMeans(n_clusters=num_parts, n_init=n_init, max_iter=int(max_iter),
+                random_state=int(seed)).fit(X.numpy().astype(np.float64))
     centers = torch.from_numpy(km.cluster_centers_).float()          # (K, C)
     fg_out = F.interpolate(fg.cpu(), size=out_size, mode="bilinear", align_corners=False) \
         if fg.shape[-2:] != out_size else fg.cpu()

@@ -2,20 +2,23 @@
 
     partlab info                               what partlab will use here (device, features, data)
     partlab render --category bird -n 16 out.png   a grid of synthetic samples with part overlays
-    partlab train {oracle,scops,contrastive} [--category bird] [--size 64] [--steps N] [--out DIR] [--resume] ...
-                                               train on the synthetic world into a run folder
+    partlab train METHOD [--recipe quick|paper|FILE] [--set fit.lr=1e-4 ...] [--steps N] [--out DIR] [--resume] ...
+                                               train a registered method (scops, contrastive, oracle) with a
+                                               recipe on the synthetic world into a run folder
     partlab evaluate --run DIR [--run DIR2] [--run-mask own|true] [--baseline kmeans|dff] [--baseline-mask true|rbd|none] [--json out.json]
                                                one benchmark table (partlab.evaluation) on the synthetic test split
     partlab segment --run DIR IMAGE... [--out DIR]  part overlays and label maps of your own PNG/JPG images
     partlab notebooks run [--quick] [--only NAME] [-p KEY VALUE] [--html]   the curriculum (papermill)
     partlab notebooks list
 
-A run folder (``--out`` of ``partlab train``) holds the checkpoint ``last.pt`` and ``model.json``,
-from which :func:`partlab.methods.load_method` rebuilds the model. Quick mode (CPU, minutes) is the
-default; full mode is ``partlab train scops --size 256 --network deeplab --amp`` on a GPU.
+A run folder (``--out`` of ``partlab train``) holds the checkpoint ``last.pt``, ``model.json``, from which
+:func:`partlab.methods.load_method` rebuilds the model, and ``recipe.json``, from which the run can be
+re-run (``--recipe runs/x/recipe.json``). The quick recipe (CPU, minutes) is the default; the paper's is
+``partlab train scops --recipe paper --amp bf16`` on a GPU. Methods and recipes come from the method
+registry (:mod:`partlab.methods.registry`).
 
 Errors a user can fix (a missing folder, a bad argument, an unreadable file) print one line and exit
-with status 2, before anything is written: output paths are checked first, and a run folder that a
+with status 2 (work that fails, such as a training run that diverges, one line and status 1), before anything is written: output paths are checked first, and a run folder that a
 failed ``partlab train`` leaves without a checkpoint loses what that command added to it.
 """
 
@@ -31,7 +34,6 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
-TRAIN_METHODS = ("oracle", "scops", "contrastive")
 FEATURE_CHOICES = ("auto", "standin", "vgg19", "rgb")
 _RECORD_KEYS = ("step", "lr", "seconds", "skipped")   # history entries that are not loss terms
 MAX_DATA_PIXELS = 250_000_000   # images x size^2 a command may synthesise and hold (3 GB of float32 RGB)
@@ -39,12 +41,17 @@ MAX_DATA_PIXELS = 250_000_000   # images x size^2 a command may synthesise and h
 
 def _cmd_info(args) -> int:
     from partlab import utils
+    from partlab.data import synthetic
+    from partlab.features import get_extractor
+    from partlab.methods.registry import REGISTRY
 
     print(f"partlab {__import__('partlab').__version__}")
     print(f"device (auto): {utils.describe_device('auto')}")
-    from partlab.data import synthetic
-
+    extractor = get_extractor("auto", device="cpu", verbose=False)
+    print(f"features (auto): {extractor.name}: {extractor.description}")
     print(f"synthetic categories: {', '.join(synthetic.CATEGORIES)}")
+    for entry in REGISTRY.values():
+        print(f"method {entry.name}: {entry.description}; trains on {entry.data}; recipes {', '.join(entry.recipes)}")
     return 0
 
 
@@ -108,33 +115,36 @@ def _cmd_render(args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _training_setup(args, out: Path):
-    if args.method == "oracle":
-        from partlab.methods.oracle import oracle_quick_setup
+def _recipe(args):
+    """The recipe ``partlab train`` runs: ``--recipe`` (a name of the method's or a ``recipe.json``), the
+    shortcut flags, then every ``--set section.name=value``, then ``--allow-random-init``."""
+    from partlab.methods.registry import get_method
+    from partlab.recipes import RECIPE_FILE, load_recipe
 
-        return oracle_quick_setup(args.category, args.size, args.n_train, args.seed, args.network, args.device)
-    full_mode = {} if args.network == "unet" else {"pretrained": "auto"}
-    if args.method == "contrastive":
-        from partlab.methods.contrastive import contrastive_quick_setup
+    entry = get_method(args.method)
+    if args.recipe in entry.recipes:
+        recipe = entry.recipe(args.recipe)
+    elif args.recipe.endswith(".json") or Path(args.recipe).is_dir():
+        path = Path(args.recipe)
+        if not (path / RECIPE_FILE if path.is_dir() else path).is_file():
+            raise ValueError(f"--recipe {args.recipe}: no such recipe file")
+        recipe = load_recipe(path)
+        if recipe.method != args.method:
+            raise ValueError(f"--recipe {args.recipe} is a recipe of {recipe.method!r}, not of {args.method!r}")
+    else:
+        raise ValueError(f"{args.method} has no recipe {args.recipe!r}; choose one of {list(entry.recipes)}, or give "
+                         f"a recipe.json file")
+    shortcuts = {"data.category": args.category, "data.size": args.size, "data.n_train": args.n_train,
+                 "data.features": args.features, "fit.max_steps": args.steps, "fit.batch_size": args.batch_size,
+                 "fit.lr": args.lr, "fit.seed": args.seed, "fit.amp": args.amp}
+    changes = {key: value for key, value in shortcuts.items() if value is not None}
+    recipe = recipe.override(changes).override(args.set)
+    return recipe.override({"allow_random_init": True}) if args.allow_random_init else recipe
 
-        return contrastive_quick_setup(args.category, size=args.size, n_train=args.n_train, seed=args.seed,
-                                       features=args.features, foreground=args.foreground, device=args.device,
-                                       network=args.network, **full_mode)
-    from partlab.methods.scops import scops_quick_setup
 
-    saliency_path = out / "saliency_rbd.pt" if args.saliency == "rbd" else None   # rbd is slow: cache it
-    return scops_quick_setup(args.category, size=args.size, n_train=args.n_train, seed=args.seed,
-                             features=args.features, saliency=args.saliency, device=args.device,
-                             network=args.network, saliency_path=saliency_path, **full_mode)
-
-
-def _fit_settings(recipe: dict, args, out: Path) -> dict:
-    """The recipe's ``fit`` keyword arguments with the command line's overrides."""
-    settings = dict(recipe)
-    overrides = {"max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
-    settings.update({name: value for name, value in overrides.items() if value is not None})
-    settings.update(amp=args.amp, checkpoint_dir=str(out), resume=args.resume)
-    return settings
+def _fit_settings(info: dict, args, out: Path) -> dict:
+    """The recipe's ``fit`` keyword arguments, writing checkpoints to ``out``."""
+    return dict(info["fit"], checkpoint_dir=str(out), resume=args.resume)
 
 
 def _check_run_folder(out: Path, resume: bool) -> None:
@@ -181,21 +191,24 @@ def _run_folder_kept_clean(out: Path) -> Iterator[None]:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
-def _check_resumed_run(out: Path, model, info: dict, args) -> None:
-    """A resumed run must rebuild the model it saved: same method, data, features, saliency and
-    constructor arguments (:func:`partlab.train.fit` checks the optimisation settings)."""
+def _check_resumed_run(out: Path, model, recipe) -> None:
+    """A resumed run must rebuild the model it saved: the same method, constructor arguments, features and
+    recipe (weights, model settings, data; :func:`partlab.train.fit` checks the optimisation settings)."""
     from partlab.methods.runs import MODEL_JSON, constructor_kwargs, read_model_json
+    from partlab.recipes import RECIPE_FILE, load_recipe
 
-    if not (out / MODEL_JSON).is_file():
-        return
-    saved = read_model_json(out)
-    now = {"method": type(model).__name__, "category": args.category, "size": args.size,
-           "kwargs": constructor_kwargs(model), "features": info.get("features")}
-    differences = [f"{key}: saved {saved.get(key)!r} -> now {value!r}" for key, value in now.items()
-                   if saved.get(key) != value]
-    saved_info = saved.get("info", {})
-    differences += [f"{key}: saved {saved_info.get(key)!r} -> now {info.get(key)!r}" for key in ("n_train", "saliency", "foreground")
-                    if saved_info.get(key) != info.get(key)]
+    differences = []
+    if (out / MODEL_JSON).is_file():
+        saved = read_model_json(out)
+        now = {"method": type(model).__name__, "kwargs": constructor_kwargs(model)}
+        differences += [f"{key}: saved {saved.get(key)!r} -> now {value!r}" for key, value in now.items()
+                        if saved.get(key) != value]
+    if (out / RECIPE_FILE).is_file():
+        saved, now = load_recipe(out).to_dict(), recipe.to_dict()
+        for section in ("weights", "model", "data"):
+            differences += [f"{section}.{key}: saved {saved[section].get(key)!r} -> now {now[section].get(key)!r}"
+                            for key in sorted(set(saved[section]) | set(now[section]))
+                            if saved[section].get(key) != now[section].get(key)]
     if differences:
         raise ValueError(f"cannot resume {out}: it was trained with other settings ({'; '.join(differences)}); "
                          f"use the same settings, or another --out")
@@ -206,39 +219,44 @@ def _format_terms(record: dict) -> str:
 
 
 def _cmd_train(args) -> int:
-    out = Path(args.out or f"runs/{args.method}_{args.category}")
-    _check_data_size(args.n_train, args.size, "--n-train")
+    recipe = _recipe(args)                                      # every setting checked before anything is written
+    out = Path(args.out or f"runs/{args.method}_{recipe.data.category}")
+    if recipe.data.cache:                                      # quick mode holds every training image in memory
+        _check_data_size(recipe.data.n_train, recipe.data.size, "--n-train")
     _check_run_folder(out, args.resume)
+    recipe.check_imagenet()
     with _run_folder_kept_clean(out):
-        return _train_into(out, args)
+        return _train_into(out, recipe, args)
 
 
-def _train_into(out: Path, args) -> int:
+def _train_into(out: Path, recipe, args) -> int:
     from partlab.methods.runs import MODEL_JSON, save_model_json
+    from partlab.recipes import RECIPE_FILE
     from partlab.train import CHECKPOINT_NAME, TrainConfig, fit
 
-    model, dataset, info = _training_setup(args, out)
+    model, dataset, info = recipe.build(device=args.device, run_dir=out)
     if args.resume:
-        _check_resumed_run(out, model, info, args)
+        _check_resumed_run(out, model, recipe)
     backbone = getattr(model.network, "weights_used", None)
     if backbone is not None:
         info["backbone"] = backbone
-    settings = _fit_settings(info["fit"], args, out)
+    settings = _fit_settings(info, args, out)
     TrainConfig.from_kwargs(**settings)                        # refuse bad settings before writing anything
     info["fit"] = settings
-    features = info.get("features")
+    features = info.get("features") if getattr(model, "feature_role", "") else None
     json_path = out / MODEL_JSON
     if not (args.resume and json_path.is_file()):  # a resumed run keeps the description it started with
-        save_model_json(out, model, category=args.category, size=args.size, features=features, info=info)
-    print(f"partlab train {args.method}: {args.category}, {args.size} px, {args.n_train} train images, "
-          f"{settings['max_steps']} steps of {settings['batch_size']} at lr {settings['lr']:g} on {info['device']}")
-    for name, value in (("features", features), ("saliency", info.get("saliency")),
-                        ("foreground", info.get("foreground")), ("backbone", backbone)):
+        save_model_json(out, model, category=recipe.data.category, size=recipe.data.size, features=features,
+                        info=info)
+        recipe.save(out)
+    print(recipe.describe())
+    print(f"  device: {info['device']}")
+    for name, value in (("features", features), ("backbone", backbone)):
         if value is not None:
             print(f"  {name}: {value}")
     fit(model, dataset, **settings)
     record = model.history[-1]
-    print(f"wrote {out / CHECKPOINT_NAME} (step {record['step']}) and {json_path}")
+    print(f"wrote {out / CHECKPOINT_NAME} (step {record['step']}), {json_path} and {out / RECIPE_FILE}")
     print(f"final loss terms (step {record['step']}): {_format_terms(record)}")
     return 0
 
@@ -398,23 +416,39 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _amp(text: str):
+    choices = {"fp16": "fp16", "bf16": "bf16", "off": False}
+    if text not in choices:
+        raise argparse.ArgumentTypeError(f"choose fp16 (CUDA), bf16 (CUDA or CPU) or off, got {text!r}")
+    return choices[text]
+
+
 def _add_train_parser(sub) -> None:
-    train = sub.add_parser("train", help="train a method on the synthetic world into a run folder")
-    train.add_argument("method", choices=TRAIN_METHODS)
-    train.add_argument("--category", default="bird")
-    train.add_argument("--size", type=_positive_int, default=64, help="image size in pixels (full mode: 256)")
-    train.add_argument("--n-train", type=_positive_int, default=512, help="number of training images")
-    train.add_argument("--steps", type=_positive_int, help="optimisation steps (default: the quick recipe's)")
-    train.add_argument("--batch-size", type=_positive_int, help="default: the quick recipe's")
-    train.add_argument("--lr", type=_positive_float, help="learning rate (default: the quick recipe's)")
+    from partlab.data.synthetic import CATEGORIES
+    from partlab.methods.registry import REGISTRY
+
+    train = sub.add_parser("train", help="train a method on the synthetic world into a run folder",
+                           description="Train a method with one of its recipes (quick: CPU, minutes; paper: the "
+                                       "original's settings, for a GPU). The flags below are shortcuts for --set.")
+    train.add_argument("method", choices=list(REGISTRY))
+    train.add_argument("--recipe", default="quick", help="quick (default), paper, or a recipe.json file")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
+                       help="change a recipe setting, e.g. --set fit.lr=1e-4 --set weights.con=100 "
+                            "--set model.saliency=oracle --set data.size=128 (repeatable)")
+    train.add_argument("--allow-random-init", action="store_true",
+                       help="run a recipe that starts from ImageNet weights without them (random backbone, "
+                            "offline stand-in features); recorded in the run folder")
+    train.add_argument("--category", choices=list(CATEGORIES), help="data.category")
+    train.add_argument("--size", type=_positive_int, help="data.size: image size in pixels")
+    train.add_argument("--n-train", type=_positive_int, help="data.n_train: number of training images")
+    train.add_argument("--features", choices=FEATURE_CHOICES, help="data.features: the semantic features")
+    train.add_argument("--steps", type=_positive_int, help="fit.max_steps: optimisation steps")
+    train.add_argument("--batch-size", type=_positive_int, help="fit.batch_size")
+    train.add_argument("--lr", type=_positive_float, help="fit.lr: learning rate")
+    train.add_argument("--seed", type=_int_in(0, 2**32 - 1), help="fit.seed: seeds the data and the run")
+    train.add_argument("--amp", type=_amp, nargs="?", const="fp16", metavar="{fp16,bf16,off}",
+                       help="fit.amp: mixed precision around the networks (--amp alone: fp16, CUDA only)")
     train.add_argument("--device", default="auto")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--features", choices=FEATURE_CHOICES, default="auto", help="the semantic features (SCOPS, contrastive)")
-    train.add_argument("--saliency", choices=("rbd", "oracle", "none"), default="rbd", help="SCOPS' saliency maps")
-    train.add_argument("--foreground", choices=("fg", "saliency"), default="fg",
-                       help="contrastive: train the parts in the true mask (the paper) or in RBD saliency > 0.5")
-    train.add_argument("--network", choices=("unet", "deeplab"), default="unet")
-    train.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
     train.add_argument("--out", help="run folder (default: runs/<method>_<category>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
 
@@ -474,9 +508,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, IndexError) as exc:
+    except (ValueError, FileNotFoundError) as exc:           # what the user can fix: one line, status 2
         print(f"partlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:                              # the work itself failed (e.g. training diverged)
+        print(f"partlab {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

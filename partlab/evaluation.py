@@ -13,8 +13,9 @@ kp_fg_nmi/ari  label at each visible landmark's nearest pixel (FG variant)    hi
 miou           Hungarian-matched mIoU of the labels (background included)     higher
 fg_iou         union of predicted parts vs true foreground (pooled IoU)       higher
 landmark_error part centres -> landmarks by linear regression fitted on the   lower
-               train split (SCOPS protocol; IOD-normalised for faces, bbox
-               width/height otherwise), mean over test images
+               train split (SCOPS protocol; IOD-normalised for faces; other
+               categories fitted and measured in box-relative coordinates,
+               as the original's CUB code), mean over test images
 ============== ============================================================== ==========
 """
 
@@ -102,7 +103,8 @@ def score_parts(pred: Mapping[str, torch.Tensor], truth: Mapping[str, torch.Tens
         normalize = landmark_normalization(category)
         out["landmark_error"] = metrics.landmark_regression_error(
             centers_train, truth_train["landmarks"], centers, truth["landmarks"], normalize=normalize,
-            visible_test=truth["visible"], bbox_test=truth["bbox"] if normalize == "bbox" else None)
+            visible_test=truth["visible"], **({"bbox_train": truth_train["bbox"], "bbox_test": truth["bbox"]}
+                                              if normalize == "bbox" else {}))
     return {k: float(v) for k, v in out.items()}
 
 
@@ -146,22 +148,30 @@ def benchmark_splits(category: str = "bird", size: int = 64, n_train: int = 200,
 
 
 def baseline_parts(name: str, images: torch.Tensor, fg: torch.Tensor, num_parts: int, *, extractor=None,
-                   features: str = "auto", device="auto", seed: int = 0) -> Dict[str, torch.Tensor]:
+                   features: str = "auto", device="auto", seed: int = 0,
+                   kmeans: str = "partlab") -> Dict[str, torch.Tensor]:
     """K-means or DFF part maps of a collection (true foreground as the background split, as in the
     contrastive paper's K-means baseline) -> dict(probs, labels, centers).
 
     Features: ``extractor`` or :func:`partlab.features.get_extractor` ``(features)``, with the
-    extractor's ``"kmeans"`` / ``"dff"`` layer recipe, at the resolution of the recipe's largest map.
+    extractor's ``"dff"`` layer recipe, or for K-means the layers of the protocol ``kmeans``
+    (:data:`partlab.baselines.KMEANS_PROTOCOLS`: ``"partlab"``, relu3_2 x 0.33 + relu5_4 at the features'
+    resolution; ``"appendix"``, relu5_2 + relu5_4 upsampled to 64 x 64 as the contrastive appendix runs it).
     """
     from partlab import baselines
     from partlab.features import extract_features, get_extractor
 
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choices: {list(BASELINES)}")
+    if kmeans not in baselines.KMEANS_PROTOCOLS:
+        raise ValueError(f"kmeans={kmeans!r}; choose one of {list(baselines.KMEANS_PROTOCOLS)}")
     extractor = extractor if extractor is not None else get_extractor(features, device=device)
-    feats = extract_features(extractor, images, layers=extractor.layers_for(name))
+    protocol = baselines.KMEANS_PROTOCOLS[kmeans]
+    recipe = protocol["layers"] if name == "kmeans" else name
+    feats = extract_features(extractor, images, layers=extractor.layers_for(recipe))
     if name == "kmeans":
-        out = baselines.kmeans_parts(feats, fg, num_parts, seed=seed)
+        out = baselines.kmeans_parts(feats, fg, num_parts, seed=seed, fit_size=protocol["fit_size"],
+                                     max_iter=protocol["max_iter"])
     else:
         out = baselines.dff_parts(feats, num_parts, fg=fg, seed=seed)
     return {"probs": out["probs"], "labels": out["labels"], "centers": centers_of(out["probs"])}
@@ -267,3 +277,67 @@ def score_model(model, train: Mapping[str, torch.Tensor], test: Mapping[str, tor
     pred_test = predict_dataset(model, test["image"], batch_size=batch_size, device=device, fg=fg_test)
     scores = score_parts(pred_test, test, pred_train=pred_train, truth_train=train, category=category)
     return scores, pred_test
+
+
+# ---------------------------------------------------------------------------------------------
+# seeds: a result is a mean +- std over training seeds, not one lucky run
+# ---------------------------------------------------------------------------------------------
+
+
+class SeedSweep(dict):
+    """The result of :func:`seed_sweep`: ``{"per_seed": {seed: scores}, "mean": {...}, "std": {...}}`` (a dict,
+    so it is written to JSON as is). ``std`` is the sample standard deviation over seeds (ddof = 1; 0 for
+    one seed). :meth:`format` gives ``"0.235 ± 0.061"`` per metric."""
+
+    def format(self, metric: str, digits: int = 3) -> str:
+        return f"{self['mean'][metric]:.{digits}f} ± {self['std'][metric]:.{digits}f}"
+
+
+def summarize_seeds(per_seed: Mapping[int, Mapping[str, float]]) -> SeedSweep:
+    """Mean and sample standard deviation of every metric over the seeds of ``per_seed``."""
+    import numpy as np
+
+    if not per_seed:
+        raise ValueError("no seed to summarise")
+    metrics_ = sorted(set.intersection(*(set(scores) for scores in per_seed.values())))
+    values = {m: np.array([per_seed[s][m] for s in per_seed], dtype=float) for m in metrics_}
+    mean = {m: float(v.mean()) for m, v in values.items()}
+    std = {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()}
+    return SeedSweep(per_seed={int(s): dict(v) for s, v in per_seed.items()}, mean=mean, std=std)
+
+
+def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 4), *,
+               overrides: Optional[Mapping] = None, n_eval: int = 150, mask: str = "own", device="auto",
+               progress: Optional[bool] = None, split_seed: int = 0) -> SeedSweep:
+    """Train ``method`` with ``recipe`` once per training seed and score every run on the *same* test images.
+
+    Args:
+        method: a registry name (``"scops"``, ``"contrastive"``, ``"oracle"``).
+        recipe: a recipe name of the method or a :class:`partlab.recipes.Recipe`; ``overrides`` (dotted keys,
+            e.g. ``{"fit.max_steps": 400, "data.n_train": 256}``) change it.
+        seeds: the training seeds (``fit.seed``: the training images, the initialisation and the
+            augmentations all change with it).
+        n_eval: train (landmark regression) and test images of the benchmark split, drawn once with
+            ``split_seed`` so that every seed is scored on the same birds.
+        mask: ``"own"`` or ``"true"`` (:func:`score_model`).
+
+    Returns:
+        a :class:`SeedSweep`: per-seed scores, and their mean and standard deviation.
+    """
+    from partlab.methods.registry import get_method
+    from partlab.train import fit
+
+    entry = get_method(method)
+    base = entry.recipe(recipe) if isinstance(recipe, str) else recipe
+    base = base.override(overrides)
+    data = base.data
+    train_eval, test = benchmark_splits(data.category, size=data.size, n_train=n_eval, n_test=n_eval,
+                                        seed=split_seed)
+    per_seed = {}
+    for seed in seeds:
+        model, dataset, info = base.override({"fit.seed": int(seed)}).build(device=device)
+        settings = dict(info["fit"]) if progress is None else dict(info["fit"], progress=progress)
+        fit(model, dataset, **settings)
+        per_seed[int(seed)], _ = score_model(model, train_eval, test, category=data.category, device=device,
+                                             mask=mask)
+    return summarize_seeds(per_seed)

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from partlab.precision import float32
+
 Size = Union[int, Sequence[int]]
 
 
@@ -116,6 +118,7 @@ def to_normalized(points, size: Size):
 # ---------------------------------------------------------------------------------------------
 
 
+@float32
 def part_centers(parts: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """Centre of each part map: the spatial expectation of the map normalised to sum 1.
 
@@ -138,6 +141,10 @@ def part_centers(parts: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     A part with zero total mass (possible only with ``eps=0``) has no centre; it is defined as
     the image centre ``(0, 0)``: its mass ``z_k`` is replaced by 1 in the division, so the
     value is 0/1 and the gradient is finite (d c_k / d R_k(u, v) = (x_uv, y_uv)), never NaN.
+    So is a part whose mass underflows below the smallest normal float (``torch.finfo(dtype).tiny``,
+    about 1.2e-38 in float32: a softmax logit gap near 90 and more), whose centre and gradient would
+    otherwise come from subnormal numbers (NaN gradients). Computed in float32 under autocast
+    (:func:`partlab.precision.float32`).
     """
     if not isinstance(parts, torch.Tensor) or parts.dim() != 4:
         shape = tuple(parts.shape) if hasattr(parts, "shape") else type(parts).__name__
@@ -148,7 +155,7 @@ def part_centers(parts: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     grid = pixel_grid(h, w, device=parts.device, dtype=parts.dtype)  # (H, W, 2)
     mass = parts + eps if eps > 0 else parts                          # (B, K, H, W)
     z = mass.sum(dim=(-2, -1))                                        # (B, K)
-    z = torch.where(z > 0, z, torch.ones_like(z))                     # empty part -> centre (0, 0)
+    z = torch.where(z > torch.finfo(z.dtype).tiny, z, torch.ones_like(z))  # empty part -> centre (0, 0)
     x = (mass.sum(dim=-2) * grid[0, :, 0]).sum(dim=-1)                # (B, K): column marginal . x
     y = (mass.sum(dim=-1) * grid[:, 0, 1]).sum(dim=-1)                # (B, K): row marginal . y
     return torch.stack((x, y), dim=-1) / z.unsqueeze(-1)              # (B, K, 2)

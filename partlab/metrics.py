@@ -198,11 +198,9 @@ def regress_landmarks(pred_train, gt_train, pred_test, *, visible_train=None) ->
     return out
 
 
-def _regression_errors(pred, gt, normalize: str, eye_indices, bbox) -> np.ndarray:
-    """``(N, L)`` L2 errors between regressed and true landmarks, normalised per image."""
-    _choice(normalize, ("iod", "bbox", "none"), "normalize")
+def _regression_errors(pred, gt, normalize: str, eye_indices) -> np.ndarray:
+    """``(N, L)`` L2 errors between regressed and true landmarks, normalised per image (``"iod"``)."""
     diff = pred - gt  # (N, L, 2)
-    n = gt.shape[0]
     if normalize == "iod":
         e0, e1 = (int(i) for i in eye_indices)
         if not (0 <= e0 < gt.shape[1] and 0 <= e1 < gt.shape[1]) or e0 == e1:
@@ -213,23 +211,34 @@ def _regression_errors(pred, gt, normalize: str, eye_indices, bbox) -> np.ndarra
             raise ValueError(f"inter-ocular distance is 0 for test images {np.flatnonzero(iod <= 0).tolist()}: "
                              "the two eye landmarks coincide, so the error cannot be normalised")
         return np.linalg.norm(diff, axis=-1) / iod[:, None]
-    if normalize == "bbox":
-        if bbox is None:
-            raise ValueError("normalize='bbox' needs bbox_test of shape (N_test, 4) = (x0, y0, x1, y1)")
-        box = _floats(bbox, "bbox_test", ndim=2, last=4)
-        if box.shape[0] != n:
-            raise ValueError(f"bbox_test has shape {box.shape} but gt_test has shape {gt.shape}: one box per image")
-        wh = box[:, 2:] - box[:, :2]  # (N, 2)
-        if np.any(wh <= 0):
-            raise ValueError(f"bbox_test has non-positive width or height for images "
-                             f"{np.flatnonzero((wh <= 0).any(axis=1)).tolist()}")
-        return np.linalg.norm(diff / wh[:, None, :], axis=-1)
-    return np.linalg.norm(diff, axis=-1)
+    return np.linalg.norm(diff, axis=-1)  # "none", or "bbox" on points already in box-relative coordinates
+
+
+def _box_relative(points: np.ndarray, bbox, name: str) -> np.ndarray:
+    """``(N, P, 2)`` points in box-relative coordinates: ``(p - (x0, y0)) / (width, height)`` per image."""
+    if bbox is None:
+        raise ValueError(f"normalize='bbox' needs {name} of shape (N, 4) = (x0, y0, x1, y1) for the train and the "
+                         f"test images (bbox_train, bbox_test): centres and landmarks are regressed in "
+                         f"box-relative coordinates, as the original CUB evaluation does")
+    box = _floats(bbox, name, ndim=2, last=4)
+    if box.shape[0] != points.shape[0]:
+        raise ValueError(f"{name} has shape {box.shape} but there are {points.shape[0]} images: one box per image")
+    wh = box[:, 2:] - box[:, :2]  # (N, 2)
+    if np.any(wh <= 0):
+        raise ValueError(f"{name} has non-positive width or height for images "
+                         f"{np.flatnonzero((wh <= 0).any(axis=1)).tolist()}")
+    return (points - box[:, None, :2]) / wh[:, None, :]
+
+
+def _in_boxes(pred_train, gt_train, pred_test, gt_test, bbox_train, bbox_test):
+    """Centres and landmarks of both splits in box-relative coordinates (the CUB protocol)."""
+    return (_box_relative(pred_train, bbox_train, "bbox_train"), _box_relative(gt_train, bbox_train, "bbox_train"),
+            _box_relative(pred_test, bbox_test, "bbox_test"), _box_relative(gt_test, bbox_test, "bbox_test"))
 
 
 def landmark_regression_error(pred_train, gt_train, pred_test, gt_test, *, normalize: str = "iod",
                               eye_indices: Sequence[int] = (0, 1), visible_train=None, visible_test=None,
-                              bbox_test=None) -> float:
+                              bbox_train=None, bbox_test=None) -> float:
     """SCOPS landmark evaluation: regress landmarks from part centres, report the normalised error.
 
     Protocol (SCOPS Sec. 4.1, as in its face evaluation code): part centres ``(N, K, 2)`` are mapped to
@@ -242,21 +251,24 @@ def landmark_regression_error(pred_train, gt_train, pred_test, gt_test, *, norma
         pred_train, gt_train, pred_test, gt_test: centres and landmarks in one coordinate system
             (normalised or pixels; the normalised error does not depend on the units).
         normalize: ``"iod"`` divides by the inter-ocular distance ``||gt[e0] - gt[e1]||`` with
-            ``(e0, e1) = eye_indices`` (faces); ``"bbox"`` divides the x error by the width and the
-            y error by the height of ``bbox_test`` (CUB, "normalised by the width and height of the
-            bounding box": the error is measured in box-relative coordinates); ``"none"`` keeps units.
+            ``(e0, e1) = eye_indices`` (faces); ``"bbox"`` (CUB, "normalised by the width and height of
+            the bounding box"): centres and landmarks of both splits are expressed in box-relative
+            coordinates, ``(p - (x0, y0)) / (width, height)`` of each image's box, the regression is
+            fitted and the error measured there, as the original does; ``"none"`` keeps units.
         visible_train: optional ``(N_train, L)`` bool; see :func:`regress_landmarks` (``None``: fit on
             all landmarks, as SCOPS does for faces).
         visible_test: optional ``(N_test, L)`` bool; each image averages only its visible landmarks,
             and images with no visible landmark are left out of the mean.
-        bbox_test: ``(N_test, 4)`` boxes ``(x0, y0, x1, y1)`` in the landmarks' units, for ``"bbox"``.
-
-    The original CUB code expresses centres and landmarks relative to each image's box before the
-    fit; to reproduce that exactly, pass box-relative coordinates and ``normalize="none"``.
+        bbox_train, bbox_test: ``(N_train, 4)`` and ``(N_test, 4)`` boxes ``(x0, y0, x1, y1)`` in the
+            landmarks' units, for ``"bbox"``.
     """
+    _choice(normalize, ("iod", "bbox", "none"), "normalize")
     pred_train, gt_train, pred_test, gt_test = _check_regression_inputs(pred_train, gt_train, pred_test, gt_test)
+    if normalize == "bbox":
+        pred_train, gt_train, pred_test, gt_test = _in_boxes(pred_train, gt_train, pred_test, gt_test,
+                                                             bbox_train, bbox_test)
     pred = regress_landmarks(pred_train, gt_train, pred_test, visible_train=visible_train)
-    errors = _regression_errors(pred, gt_test, normalize, eye_indices, bbox_test)  # (N, L)
+    errors = _regression_errors(pred, gt_test, normalize, eye_indices)  # (N, L)
     if visible_test is None:
         return float(errors.mean(axis=1).mean())
     vis = _visibility(visible_test, *gt_test.shape[:2], "visible_test")
@@ -268,23 +280,27 @@ def landmark_regression_error(pred_train, gt_train, pred_test, gt_test, *, norma
 
 
 def keypoint_regression_error(pred_train, gt_train, vis_train, pred_test, gt_test, vis_test, *,
-                              bbox_test=None, normalize: str = "bbox") -> float:
+                              bbox_train=None, bbox_test=None, normalize: str = "bbox") -> float:
     """Per-keypoint regression error with visibility (contrastive part discovery on CUB).
 
     Protocol: one linear regressor per keypoint (the SCOPS regression of :func:`regress_landmarks`),
     each fitted only on the training images where that keypoint is visible; the error of every
-    visible test keypoint is its L2 distance to the truth, normalised per image (``"bbox"``: x by the
-    box width, y by the box height; ``"none"``), and the result is the mean over all visible test
+    visible test keypoint is its L2 distance to the truth (``"bbox"``: centres and keypoints of both splits
+    in box-relative coordinates, x by the box width and y by its height, for the fit and the error, as
+    the original does; ``"none"``: the given units), and the result is the mean over all visible test
     keypoints pooled over the test set (not a mean of per-image means: an image counts as many times
     as it has visible keypoints). A fraction.
 
     Shapes: centres ``(N, K, 2)``, keypoints ``(N, L, 2)``, visibility ``(N, L)`` bool,
-    ``bbox_test`` ``(N_test, 4)`` = ``(x0, y0, x1, y1)``.
+    ``bbox_train`` / ``bbox_test`` ``(N, 4)`` = ``(x0, y0, x1, y1)``.
     """
     _choice(normalize, ("bbox", "none"), "normalize")
     pred_train, gt_train, pred_test, gt_test = _check_regression_inputs(pred_train, gt_train, pred_test, gt_test)
+    if normalize == "bbox":
+        pred_train, gt_train, pred_test, gt_test = _in_boxes(pred_train, gt_train, pred_test, gt_test,
+                                                             bbox_train, bbox_test)
     pred = regress_landmarks(pred_train, gt_train, pred_test, visible_train=vis_train)
-    errors = _regression_errors(pred, gt_test, normalize, (0, 1), bbox_test)  # (N, L)
+    errors = _regression_errors(pred, gt_test, "none", (0, 1))  # (N, L)
     vis = _visibility(vis_test, *gt_test.shape[:2], "vis_test")
     if not vis.any():
         raise ValueError("vis_test marks no keypoint visible: there is nothing to score")
@@ -377,13 +393,34 @@ def labels_at_points(labels, points) -> np.ndarray:
     return lab[np.arange(n)[:, None], rows, cols]
 
 
+def parts_only(labels) -> np.ndarray:
+    """Label maps ``(N, H, W)`` with every background pixel (label 0) given the label of the nearest part
+    pixel of its image (Euclidean distance, ``scipy.ndimage.distance_transform_edt``): the label-map
+    analogue of the argmax over the parts only, which FG-NMI/ARI score. An image without any part pixel
+    is returned unchanged (all 0: its keypoints can only form one cluster of their own)."""
+    from scipy import ndimage
+
+    lab = _labels(labels, "labels")
+    if lab.ndim != 3:
+        raise ValueError(f"labels must have shape (N, H, W), got {lab.shape}")
+    out = lab.copy()
+    for i, image in enumerate(lab):
+        background = image == 0
+        if background.any() and not background.all():
+            _, (rows, cols) = ndimage.distance_transform_edt(background, return_indices=True)
+            out[i] = image[rows, cols]
+    return out
+
+
 def _predicted_labels(pred, variant: str, fg: Optional[np.ndarray]) -> np.ndarray:
     """``(N, H, W)`` predicted labels for the FG or full variant.
 
     ``pred`` is either labels ``(N, H, W)`` or probs ``(N, K+1, H, W)`` (channel 0 = background).
-    FG: probs -> argmax over the parts only (``argmax(probs[:, 1:]) + 1``), labels as given.
-    Full: with ``fg``, parts as for FG and label 0 wherever ``fg`` is 0; without ``fg``, probs ->
-    argmax over all K+1 channels (the model's own background), labels as given.
+    FG: probs -> argmax over the parts only (``argmax(probs[:, 1:]) + 1``); labels -> background pixels
+    (label 0, e.g. from ``predict()["labels"]``) take the nearest part's label (:func:`parts_only`), so
+    the background is never counted as a cluster.
+    Full: with ``fg``, probs -> parts as for FG, labels as given, and label 0 wherever ``fg`` is 0;
+    without ``fg``, probs -> argmax over all K+1 channels (the model's own background), labels as given.
     """
     a = _numpy(pred, "pred_labels")
     if a.ndim == 4:
@@ -395,6 +432,8 @@ def _predicted_labels(pred, variant: str, fg: Optional[np.ndarray]) -> np.ndarra
         labels = probs[:, 1:].argmax(axis=1) + 1
     elif a.ndim == 3:
         labels = _labels(a, "pred_labels")
+        if variant == "fg":
+            labels = parts_only(labels)
     else:
         raise ValueError(f"pred_labels must be labels (N, H, W) or probs (N, K+1, H, W), got shape {a.shape}")
     if variant == "full" and fg is not None:

@@ -28,11 +28,16 @@ the data order needs no state, being a function of ``(seed, step)``). With worke
 drawn inside the workers restarts from the seed on resume. CUDA kernels are not all deterministic.
 
 AMP: ``amp=True`` (or ``"fp16"``) autocasts to float16 with a ``GradScaler`` on CUDA and is a no-op with a
-warning elsewhere; ``amp="bf16"`` autocasts to bfloat16 (no scaler) on CUDA and CPU.
+warning elsewhere; ``amp="bf16"`` autocasts to bfloat16 (no scaler) on CUDA and CPU. Autocast wraps the
+network forward passes only: for the duration of the run :func:`fit` sets the method's ``amp_dtype``, which
+its networks and frozen feature extractor run under (:meth:`partlab.methods.base.PartSegmenter.autocast`);
+the loss terms are float32 (:mod:`partlab.precision`). A module without ``amp_dtype`` gets its whole
+``losses(batch)`` under autocast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -48,7 +53,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from partlab import utils
+from partlab import precision, utils
 
 _log = logging.getLogger(__name__)
 
@@ -207,6 +212,10 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
         model.to(memory_format=torch.channels_last)
     optimizers = _build_optimizers(model, cfg)
     autocast_dtype, use_scaler = _amp_settings(cfg.amp, dev)
+    # partlab's methods (they have ``amp_dtype``) autocast their network forward passes only and compute
+    # the loss terms in float32; any other module gets its whole ``losses()`` under autocast.
+    network_amp = hasattr(model, "amp_dtype")
+    previous_amp_dtype = model.amp_dtype if network_amp else None
     scaler = torch.amp.GradScaler("cuda" if use_scaler else "cpu", enabled=use_scaler)
 
     path = None if cfg.checkpoint_dir is None else Path(cfg.checkpoint_dir) / CHECKPOINT_NAME
@@ -239,6 +248,8 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
     consecutive_bad, bad_terms = 0, set()
     start = time.perf_counter() - seconds
     model.train()
+    if network_amp:
+        model.amp_dtype = autocast_dtype
     bar = utils.progress(total=cfg.max_steps, initial=step, desc=f"training {type(model).__name__}",
                          enabled=cfg.progress)
     try:
@@ -247,7 +258,7 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
             _set_learning_rates(optimizers, cfg, step)
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            with contextlib.nullcontext() if network_amp else precision.autocast(dev, autocast_dtype):
                 terms = model.losses(batch)
             loss = _total_loss(terms)
             bad = [] if torch.isfinite(loss) else _nonfinite_terms(terms)
@@ -297,6 +308,8 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
                 _save_checkpoint(path, model, optimizers, scaler, step, history, time.perf_counter() - start, cfg)
     finally:
         bar.close()
+        if network_amp:
+            model.amp_dtype = previous_amp_dtype
     return model.eval()
 
 

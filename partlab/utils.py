@@ -59,6 +59,15 @@ def describe_device(dev: "str | torch.device" = "auto") -> str:
     return f"cpu ({torch.get_num_threads()} threads), torch {torch.__version__}"
 
 
+def module_device(module: torch.nn.Module, default: "torch.device | None" = None) -> "torch.device | None":
+    """The device of a module's first buffer or parameter (``default`` when it has neither)."""
+    for tensor in module.buffers():
+        return tensor.device
+    for tensor in module.parameters():
+        return tensor.device
+    return default
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices); return a CPU ``torch.Generator`` seeded the same."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:

@@ -1,7 +1,7 @@
 """Throughput and memory of SCOPS training steps (prints numbers; never part of the tests).
 
     python scripts/bench_scops.py                                     # quick mode: U-Net, 64 px, CPU
-    python scripts/bench_scops.py --size 256 --network deeplab --amp --channels-last --device cuda  # full mode
+    python scripts/bench_scops.py --size 256 --network deeplab --amp --channels-last --device cuda  # the paper recipe's network
     python scripts/bench_scops.py --size 256 --network deeplab --steps 3 --warmup 1   # full mode smoke on a CPU
 
 Random images stand in for data: the features and saliency maps of the training set are precomputed

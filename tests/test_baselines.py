@@ -122,3 +122,34 @@ def test_border_share():
     heat[0, 0, 0, :] = 1                        # all on the border
     heat[0, 1, 3:5, 3:5] = 1                    # all inside
     assert border_share(heat).tolist() == [1.0, 0.0]
+
+
+def test_kmeans_fit_size_clusters_upsampled_features():
+    # 2x2 feature maps, a mask covering a quarter of each feature cell: no feature pixel is >= 50%
+    # foreground at the features' resolution, while at the appendix's upsampled size every masked pixel counts
+    n = 4
+    feats = torch.rand(n, 5, 2, 2, generator=torch.Generator().manual_seed(0))
+    fg = torch.zeros(n, 1, 16, 16)
+    fg[:, :, 2:6, 2:6] = 1.0
+    fg[:, :, 10:14, 10:14] = 1.0
+    with pytest.raises(ValueError, match="only 0 foreground feature pixels"):
+        kmeans_parts(feats, fg, 2)
+    out = kmeans_parts(feats, fg, 2, fit_size=16, max_iter=100)
+    _check_format(out, fg, 2)
+
+
+def test_kmeans_protocols_name_their_layers():
+    from partlab import evaluation
+    from partlab.baselines import KMEANS_PROTOCOLS
+    from partlab.features import VGG19_RECIPES, get_extractor
+
+    assert set(KMEANS_PROTOCOLS) == {"partlab", "appendix"}
+    assert VGG19_RECIPES[KMEANS_PROTOCOLS["appendix"]["layers"]] == {"relu5_2": 1.0, "relu5_4": 1.0}
+    assert KMEANS_PROTOCOLS["appendix"]["fit_size"] == 64 and KMEANS_PROTOCOLS["appendix"]["max_iter"] == 100
+    assert get_extractor("standin", device="cpu").layers_for("kmeans_appendix") == {"relu4_2": 1.0, "relu5_2": 1.0}
+    feats, fg, _ = _planted(size=8)
+    images = torch.rand(len(fg), 3, 8, 8)
+    out = evaluation.baseline_parts("kmeans", images, fg, 3, features="rgb", device="cpu", kmeans="appendix")
+    assert out["labels"].shape == (len(fg), 8, 8)
+    with pytest.raises(ValueError, match="kmeans='paper'.*appendix"):
+        evaluation.baseline_parts("kmeans", images, fg, 3, features="rgb", device="cpu", kmeans="paper")

@@ -104,6 +104,8 @@ def test_render_without_a_suffix_says_the_file_it_wrote(tmp_path, capsys):
     (["--lr", "0"], "argument --lr"), (["--lr", "fast"], "'fast' is not a number"),
     (["--steps", "0"], "argument --steps"), (["--batch-size", "-2"], "argument --batch-size"),
     (["--n-train", "0"], "argument --n-train"), (["--size", "0"], "argument --size"),
+    (["--category", "dragon"], "argument --category: invalid choice: 'dragon'"),
+    (["--amp", "fp8"], "argument --amp: choose fp16"),
 ])
 def test_train_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, flags, message):
     out = tmp_path / "run"
@@ -112,9 +114,12 @@ def test_train_bad_settings_are_refused_before_anything_is_written(tmp_path, cap
 
 
 def test_train_setup_failure_leaves_no_run_folder(tmp_path, capsys):
-    out = tmp_path / "runs" / "oracle_dragon"
-    assert cli.main(["train", "oracle", *TINY_RUN, "--category", "dragon", "--out", str(out)]) == 2
-    _one_line(capsys, "dragon", command="train")
+    out = tmp_path / "runs" / "oracle_bird"
+    assert cli.main(["train", "oracle", *TINY_RUN, "--set", "model.num_parts=0", "--out", str(out)]) == 2
+    _one_line(capsys, "num_parts", command="train")
+    assert not (tmp_path / "runs").exists()
+    assert cli.main(["train", "oracle", *TINY_RUN, "--set", "data.category=dragon", "--out", str(out)]) == 2
+    _one_line(capsys, "data.category='dragon'", command="train")
     assert not (tmp_path / "runs").exists()
 
 

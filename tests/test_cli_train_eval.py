@@ -25,7 +25,7 @@ def runs(tmp_path_factory):
     """Run folders trained through the CLI: {"scops": path, "oracle": path, "contrastive": path}."""
     root = tmp_path_factory.mktemp("runs")
     out = {"scops": root / "scops_bird", "oracle": root / "oracle_bird", "contrastive": root / "contrastive_bird"}
-    assert cli.main(["train", "scops", *TINY_RUN, "--features", "rgb", "--saliency", "oracle",
+    assert cli.main(["train", "scops", *TINY_RUN, "--features", "rgb", "--set", "model.saliency=oracle",
                      "--out", str(out["scops"])]) == 0
     assert cli.main(["train", "oracle", *TINY_RUN, "--out", str(out["oracle"])]) == 0
     assert cli.main(["train", "contrastive", *TINY_RUN, "--features", "rgb", "--out", str(out["contrastive"])]) == 0

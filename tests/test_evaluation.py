@@ -115,3 +115,19 @@ def test_rank_and_margins_follow_which_way_is_better():
     margin = evaluation.margins(results, "a", ["b", "c"])
     assert margin == pytest.approx({"b.fg_ari": 0.2, "b.landmark_error": 0.05,
                                     "c.fg_ari": 0.1, "c.landmark_error": -0.10})
+
+
+def test_summarize_seeds_is_mean_and_sample_std():
+    sweep = evaluation.summarize_seeds({0: {"fg_ari": 0.2, "x": 1.0}, 1: {"fg_ari": 0.4}, 2: {"fg_ari": 0.6}})
+    assert sweep["mean"] == {"fg_ari": pytest.approx(0.4)} and sweep["std"]["fg_ari"] == pytest.approx(0.2)
+    assert sweep.format("fg_ari") == "0.400 ± 0.200"
+    assert evaluation.summarize_seeds({3: {"a": 1.0}})["std"] == {"a": 0.0}
+
+
+def test_seed_sweep_trains_every_seed_and_scores_the_same_test_images():
+    sweep = evaluation.seed_sweep("oracle", "quick", seeds=(0, 1), n_eval=12, device="cpu", progress=False,
+                                  overrides={"data.size": 32, "data.n_train": 8, "fit.max_steps": 2,
+                                             "fit.batch_size": 4})
+    assert sorted(sweep["per_seed"]) == [0, 1]
+    assert sweep["per_seed"][0]["fg_ari"] != sweep["per_seed"][1]["fg_ari"]      # other seed, other run
+    assert set(sweep["mean"]) >= {"fg_ari", "landmark_error"}

@@ -18,6 +18,7 @@ from partlab.metrics import (
     landmark_regression_error,
     linear_probe_miou,
     nmi_ari,
+    parts_only,
     pixel_nmi_ari,
     regress_landmarks,
 )
@@ -58,14 +59,40 @@ def test_hand_worked_normalisation():
                                      visible_test=[[False, False, True]]) == pytest.approx(0.75)
     assert landmark_regression_error(centres, landmarks, test_centres, truth,
                                      visible_test=[[True, True, False]]) == pytest.approx(0.0, abs=1e-9)
-    # bbox 4 wide, 6 high: the error (0, 3) becomes (0, 3/6) -> mean over 3 landmarks = 0.5/3
+    # bbox 4 wide, 6 high (training boxes the unit square, so the identity is still learnt): in box
+    # coordinates the error (0, 3) becomes (0, 3/6) -> mean over 3 landmarks = 0.5/3
+    unit = np.tile([0.0, 0.0, 1.0, 1.0], (len(centres), 1))
     assert landmark_regression_error(centres, landmarks, test_centres, truth, normalize="bbox",
-                                     bbox_test=[[0, 0, 4, 6]]) == pytest.approx(0.5 / 3)
+                                     bbox_train=unit, bbox_test=[[0, 0, 4, 6]]) == pytest.approx(0.5 / 3)
     assert landmark_regression_error(centres, landmarks, test_centres, truth, normalize="none") \
         == pytest.approx(1.0)
     # other eye indices: IOD = |(4,0)-(2,5)| = sqrt(29)
     assert landmark_regression_error(centres, landmarks, test_centres, truth, eye_indices=(1, 2)) \
         == pytest.approx(1.0 / np.sqrt(29))
+
+
+def test_bbox_protocol_fits_in_box_relative_coordinates():
+    # every image has its own box; inside it the landmarks are a fixed linear map of the centres
+    # (relative to the box), as when birds of every size stand anywhere in the picture. Only a fit in
+    # box-relative coordinates, as the original CUB evaluation does, recovers that map exactly.
+    rng = np.random.default_rng(4)
+    n = 60
+    a = rng.normal(size=(6, 4))                                           # 3 centres -> 2 landmarks
+    rel_centres = rng.uniform(0, 1, size=(n, 3, 2))
+    rel_landmarks = (rel_centres.reshape(n, 6) @ a).reshape(n, 2, 2)
+    corner = rng.uniform(-50, 50, size=(n, 1, 2))
+    size = rng.uniform(5, 40, size=(n, 1, 2))
+    centres, landmarks = corner + size * rel_centres, corner + size * rel_landmarks
+    boxes = np.concatenate((corner[:, 0], corner[:, 0] + size[:, 0]), axis=1)  # (N, 4)
+    split = dict(pred_train=centres[:40], gt_train=landmarks[:40], pred_test=centres[40:], gt_test=landmarks[40:])
+    err = landmark_regression_error(**split, normalize="bbox", bbox_train=boxes[:40], bbox_test=boxes[40:])
+    assert err == pytest.approx(0.0, abs=1e-9)
+    # a fit in image coordinates, then divided by the box size, cannot express it
+    absolute = regress_landmarks(centres[:40], landmarks[:40], centres[40:])
+    assert (np.linalg.norm((absolute - landmarks[40:]) / size[40:], axis=-1).mean()) > 0.05
+    vis = np.ones((n, 2), bool)
+    assert keypoint_regression_error(centres[:40], landmarks[:40], vis[:40], centres[40:], landmarks[40:], vis[40:],
+                                     bbox_train=boxes[:40], bbox_test=boxes[40:]) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_error_is_scale_invariant():
@@ -100,11 +127,14 @@ def test_regression_bad_inputs():
         landmark_regression_error(centres, landmarks, centres, same_eyes)
     with pytest.raises(ValueError, match="eye_indices"):
         landmark_regression_error(centres, landmarks, centres, landmarks, eye_indices=(0, 7))
-    with pytest.raises(ValueError, match="needs bbox_test"):
+    with pytest.raises(ValueError, match="needs bbox_train"):
         landmark_regression_error(centres, landmarks, centres, landmarks, normalize="bbox")
-    with pytest.raises(ValueError, match="non-positive width"):
+    unit = np.tile([0.0, 0.0, 1.0, 1.0], (len(centres), 1))
+    with pytest.raises(ValueError, match="needs bbox_test"):
+        landmark_regression_error(centres, landmarks, centres, landmarks, normalize="bbox", bbox_train=unit)
+    with pytest.raises(ValueError, match="bbox_test has non-positive width"):
         landmark_regression_error(centres, landmarks, centres[:1], landmarks[:1], normalize="bbox",
-                                  bbox_test=[[0, 0, 0, 1]])
+                                  bbox_train=unit, bbox_test=[[0, 0, 0, 1]])
     with pytest.raises(ValueError, match="normalize="):
         landmark_regression_error(centres, landmarks, centres, landmarks, normalize="diag")
     with pytest.raises(ValueError, match="visible_test has shape"):
@@ -123,7 +153,7 @@ def test_keypoint_regression_ignores_invisible_training_keypoints():
     vis_test = np.ones((5, 3), bool)
     bbox = np.tile([-5.0, -5.0, 5.0, 5.0], (5, 1))
     err = keypoint_regression_error(centres, corrupted, vis_train, test_centres, test_centres, vis_test,
-                                    bbox_test=bbox)
+                                    bbox_train=np.tile([-5.0, -5.0, 5.0, 5.0], (40, 1)), bbox_test=bbox)
     assert err == pytest.approx(0.0, abs=1e-9)
     # the joint SCOPS fit on all landmarks is misled by the junk
     assert landmark_regression_error(centres, corrupted, test_centres, test_centres, normalize="none") > 1.0
@@ -223,6 +253,23 @@ def test_keypoint_nmi_ari_perfect_and_variants():
         keypoint_nmi_ari(labels, points, np.zeros_like(visible))
     with pytest.raises(ValueError, match="variant="):
         keypoint_nmi_ari(labels, points, visible, variant="bg")
+
+
+def test_fg_nmi_ari_from_label_maps_never_count_the_background_as_a_cluster():
+    labels, _ = _keypoint_world()
+    rng = np.random.default_rng(1)
+    rows = rng.integers(1, 11, size=(4, 4))                       # keypoint l at column 3l + 1, the
+    cols = np.tile(3 * np.arange(4) + 1, (4, 1))                  # middle of its part's column block
+    points = np.stack((cols, rows), -1).astype(float)
+    points = (2 * points + 1) / 12 - 1                            # pixel -> normalised (x, y)
+    visible = np.ones((4, 4), bool)
+    holed = labels.copy()
+    holed[np.arange(4)[:, None], rows, cols] = 0                  # predict()["labels"]: background there
+    # each hole is surrounded by its own part: as the argmax over the parts only, FG scores stay perfect
+    assert keypoint_nmi_ari(holed, points, visible, variant="fg") == pytest.approx({"nmi": 1.0, "ari": 1.0})
+    assert pixel_nmi_ari(holed, labels, variant="fg") == pytest.approx({"nmi": 1.0, "ari": 1.0})
+    assert parts_only(np.array([[[0, 0, 3], [2, 0, 0]]])).tolist() == [[[2, 3, 3], [2, 2, 3]]]
+    assert parts_only(np.zeros((1, 2, 2), int)).tolist() == [[[0, 0], [0, 0]]]   # no part: left as is
 
 
 def test_pixel_nmi_ari_fg_and_full():

@@ -9,6 +9,7 @@ from torch import nn
 from partlab.data.extras import WithExtras
 from partlab.features import FeatureExtractor, RGBFeatures, extract_features, upsample_concat
 from partlab.methods import SCOPS
+from partlab.methods.registry import get_method
 from partlab.methods.scops import ABLATIONS, postprocess_labels
 from partlab.train import TrainConfig, fit
 
@@ -79,7 +80,19 @@ def test_losses_has_every_term_and_a_finite_weighted_total():
 
 def test_default_weights_are_the_originals_with_eqv_in_partlab_units():
     w = SCOPS(8, feature_channels=C, **TINY).weights
-    assert w == {"con": 10.0, "eqv": pytest.approx(1e3 / 9), "lmeqv": 100.0, "sc": 1e4, "orthonormal": 0.1}
+    assert w == {"con": pytest.approx(10 / 6), "eqv": pytest.approx(1e3 / 9), "lmeqv": 100.0, "sc": 1e4,
+                 "orthonormal": 0.1}
+
+
+def test_default_concentration_weight_reproduces_the_originals_effective_weight():
+    # the original: 10 * (sum over images and parts of the variance) / B / B, at its batch of 6
+    from partlab.losses import concentration_loss
+
+    parts = torch.rand(6, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    per_image = torch.stack([concentration_loss(parts[i:i + 1]) for i in range(6)])   # (B,)
+    original = 10.0 * per_image.sum() / 6 / 6
+    ours = SCOPS(8, feature_channels=C, **TINY).weights["con"] * concentration_loss(parts)
+    assert ours.item() == pytest.approx(original.item(), rel=1e-6)
 
 
 def test_gradients_reach_the_network_and_the_basis():
@@ -99,7 +112,7 @@ def test_disabled_terms_are_absent_and_not_computed(ablation, monkeypatch):
                  "semantic_consistency_loss", "orthonormal_loss", "random_warp", "color_jitter"):
         original = getattr(scops, name)
         monkeypatch.setattr(scops, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
-    model = _model(**ABLATIONS[ablation])
+    model = _model(**get_method("scops").ablation(ablation))
     batch = _batch()
     if ablation == "no_sc":
         del batch["features"], batch["saliency"]                     # not needed without L_sc
@@ -251,7 +264,7 @@ def test_param_groups_basis_sgd_and_clips():
     custom = SCOPS(K, feature_channels=C, basis_lr=0.1, basis_clip=1.0, clip=2.0, **TINY)
     net, basis = custom.param_groups(TrainConfig(lr=1e-3))
     assert basis["lr"] == 0.1 and basis["clip"] == 1.0 and net["clip"] == 2.0
-    assert len(_model(**ABLATIONS["no_sc"]).param_groups(TrainConfig())) == 1
+    assert len(_model(**get_method("scops").ablation("no_sc")).param_groups(TrainConfig())) == 1
 
 
 def test_param_groups_deeplab_head_10x():

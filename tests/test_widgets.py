@@ -1,4 +1,5 @@
-"""SCOPS variants on one cached training set, and the loss-weight explorer of the ablation notebook."""
+"""Method variants on one cached training set (the registry's train_variants), and the loss-weight explorer
+of the ablation notebook."""
 
 import math
 
@@ -6,8 +7,9 @@ import pytest
 import torch
 
 from partlab import evaluation
-from partlab.methods.scops import QUICK_WEIGHTS, scops_quick_setup, train_variants
-from partlab.widgets import WEIGHT_NAMES, weight_explorer
+from partlab.methods.registry import get_method, train_variants
+from partlab.methods.scops import QUICK_WEIGHTS, scops_quick_setup
+from partlab.widgets import weight_explorer
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +22,17 @@ def setup():
 
 def test_variants_share_the_initialisation_and_switch_terms_off(setup):
     train, info, _, _ = setup
-    models = train_variants(["full", "no_sc"], train, info, max_steps=1, lr=1e-12)
+    models = train_variants("scops", ["full", "no_sc"], train, info, max_steps=1, lr=1e-12)
     full, no_sc = models["full"], models["no_sc"]
     assert no_sc.basis is None and full.basis is not None
     for a, b in zip(full.network.parameters(), no_sc.network.parameters()):
         assert torch.allclose(a, b, atol=1e-9)                     # same seed -> same network init
-    trained = train_variants({"mine": {"lambda_con": 0.0}}, train, info, max_steps=2)["mine"]
+    trained = train_variants("scops", {"mine": {"con": 0.0}}, train, info, max_steps=2)["mine"]
     assert "con" not in trained.history[-1] and math.isfinite(trained.history[-1]["loss"])
-    with pytest.raises(ValueError, match="unknown ablation"):
-        train_variants(["no_such"], train, info)
+    with pytest.raises(ValueError, match="no ablation 'no_such'"):
+        train_variants("scops", ["no_such"], train, info)
+    with pytest.raises(ValueError, match="weights go in weights.<term>"):
+        train_variants("scops", {"mine": {"lambda_con": 0.0}}, train, info)
 
 
 def test_quick_setup_uses_the_quick_weights_and_takes_overrides(setup):
@@ -43,11 +47,11 @@ def test_quick_setup_uses_the_quick_weights_and_takes_overrides(setup):
 def test_explorer_runs_what_the_button_runs(setup):
     train, info, train_eval, test = setup
     explorer = weight_explorer(train, info, test, category="bird", steps=2, train_eval=train_eval, run_now=True)
-    assert set(explorer.weights()) == set(WEIGHT_NAMES)
+    assert set(explorer.weights()) == set(get_method("scops").weighted_terms)
     assert all(math.isfinite(v) for v in explorer.last_scores.values())
-    explorer._boxes["lambda_sc"].value = False
-    assert explorer.weights()["lambda_sc"] == 0.0
+    explorer._boxes["sc"].value = False
+    assert explorer.weights()["sc"] == 0.0
     scores = explorer.run()
     assert explorer.last_model.weights["sc"] == 0.0 and "fg_ari" in scores
     with pytest.raises(ValueError, match="finite and >= 0"):
-        explorer.run({"lambda_con": -1.0})
+        explorer.run({"con": -1.0})

@@ -27,6 +27,7 @@ from partlab.features.extractors import (
     RGBFeatures,
     VGG19Features,
     clear_cache,
+    extractor_on,
     get_extractor,
 )
 from partlab.features.standin import (
@@ -39,7 +40,7 @@ from partlab.features.standin import (
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "VGG19_LAYERS", "VGG19_RECIPES", "FeatureExtractor", "RGBFeatures",
-    "VGG19Features", "StandinFeatures", "StandinMissing", "STANDIN_FILE", "get_extractor", "clear_cache",
+    "VGG19Features", "StandinFeatures", "StandinMissing", "STANDIN_FILE", "get_extractor", "extractor_on", "clear_cache",
     "extract_features", "clear_feature_cache", "resolve_layers", "upsample_concat", "standin_path",
     "build_standin",
 ]

@@ -47,7 +47,8 @@ VGG19_LAYERS: Dict[str, int] = {
 VGG19_RECIPES: Dict[str, Dict[str, float]] = {
     "scops": {"relu5_2": 1.0, "relu5_4": 1.0},                  # semantic consistency, 1024 ch
     "contrastive": {"relu3_2": 0.33, "relu5_4": 1.0},           # L_f features
-    "kmeans": {"relu3_2": 0.33, "relu5_4": 1.0},                # K-means baseline (contrastive appendix)
+    "kmeans": {"relu3_2": 0.33, "relu5_4": 1.0},                # K-means baseline, partlab's default protocol
+    "kmeans_appendix": {"relu5_2": 1.0, "relu5_4": 1.0},        # K-means as the contrastive appendix runs it
     "dff": {"relu5_4": 1.0},                                    # DFF: relu5_4 only
     "perceptual": {f"relu{b}_1": 10.0 for b in range(1, 6)},    # motion method, weight 10 each
 }
@@ -267,6 +268,20 @@ def get_extractor(features: str = "auto", device: "str | torch.device" = "auto",
             extractor = RGBFeatures()
         _CACHE[key] = extractor.to(dev)
     return _CACHE[key]
+
+
+def extractor_on(extractor: FeatureExtractor, device: "str | torch.device") -> FeatureExtractor:
+    """``extractor`` on ``device``: itself when it is there already (or holds no tensors); for an instance
+    that :func:`get_extractor` cached, its cached instance for ``device`` (the one other users hold stays
+    where it is); any other extractor is moved there in place."""
+    dev = torch.device(device)
+    where = utils.module_device(extractor)
+    if where is None or where == dev:
+        return extractor
+    for (name, _), cached in list(_CACHE.items()):
+        if cached is extractor:
+            return get_extractor(name, dev, verbose=False)
+    return extractor.to(dev)
 
 
 def clear_cache() -> None:

@@ -71,6 +71,7 @@ STANDIN_RECIPES: Dict[str, Dict[str, float]] = {
     "scops": {"relu4_2": 1.0, "relu5_2": 1.0},                  # VGG19: relu5_2 + relu5_4
     "contrastive": {"relu3_2": 0.33, "relu4_2": 1.0},           # VGG19: relu3_2 x .33 + relu5_4
     "kmeans": {"relu3_2": 0.33, "relu4_2": 1.0},
+    "kmeans_appendix": {"relu4_2": 1.0, "relu5_2": 1.0},        # VGG19: relu5_2 + relu5_4 (as "scops")
     "dff": {"relu4_2": 1.0},                                    # VGG19: relu5_4
     "perceptual": {f"relu{b}_1": 10.0 for b in range(1, 6)},    # VGG19: relu1_1 .. relu5_1
 }

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from partlab.geometry import Warp, warp_images
+from partlab.precision import float32
 
 __all__ = ["cross_image_similarity", "masked_equivariance_loss", "part_consistency_loss", "part_contrastive_loss",
            "part_prototypes", "rgb_to_lab"]
@@ -75,6 +76,7 @@ def _check_values(values: torch.Tensor, parts: torch.Tensor, name: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@float32
 def part_consistency_loss(parts: torch.Tensor, values: torch.Tensor, fg: torch.Tensor,
                           reduction: str = "mean") -> torch.Tensor:
     """Part consistency: the feature reconstruction loss L_f and the visual consistency loss L_v.
@@ -99,6 +101,10 @@ def part_consistency_loss(parts: torch.Tensor, values: torch.Tensor, fg: torch.T
     Returns:
         Scalar. 0 when every part is constant in ``v`` (or the foreground is empty); a part with
         zero mass contributes 0.
+
+    Precision: computed in float32 (under autocast too), with ``v`` centred on each image's foreground
+    mean before the moments are taken, so a large common offset cancels exactly (features 1e4 + N(0, 1),
+    Lab's L channel near 50-100); what rounding is left is ~1e-7 of the foreground's total variance.
     """
     fg = _check_parts_fg(parts, fg)
     if fg is None:
@@ -109,15 +115,22 @@ def part_consistency_loss(parts: torch.Tensor, values: torch.Tensor, fg: torch.T
     values = values.to(parts.dtype)
     m = parts * fg                                                              # (B, K, H, W)
     mass = m.sum(dim=(-2, -1))                                                  # (B, K)
+    area = fg.sum(dim=(1, 2, 3))                                                # (B,)
+    # Centre v on each image's foreground mean first (the loss does not change under a shift of v): the
+    # expanded form below subtracts sum_p m v^2 and mass mu^2, which in float32 cancel when a part's mean
+    # is large against its spread (Lab's L lives near 50-100; features 1e4 + N(0, 1) gave 28 for 4.03).
+    centre = torch.einsum("bchw,bhw->bc", values, fg[:, 0]) / (area[:, None] + MEAN_EPS)   # (B, C)
+    values = values - centre[..., None, None]                                   # (B, C, H, W)
     first = torch.einsum("bkhw,bchw->bkc", m, values)                           # sum_p m v
     second = torch.einsum("bkhw,bchw->bkc", m, values * values)                 # sum_p m v^2
     mu = first / (mass[..., None] + MEAN_EPS)                                   # (B, K, C)
     # sum_p m (v - mu)^2 = sum_p m v^2 - 2 mu sum_p m v + mu^2 sum_p m, without a (B, K, C, H, W) tensor
     spread = (second - 2 * mu * first + mu * mu * mass[..., None]).clamp_min(0)  # (B, K, C)
-    per_image = spread.sum(dim=(1, 2)) / (fg.sum(dim=(1, 2, 3)) + MEAN_EPS)     # (B,)
+    per_image = spread.sum(dim=(1, 2)) / (area + MEAN_EPS)                      # (B,)
     return per_image.mean() if reduction == "mean" else per_image.sum()
 
 
+@float32
 def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
     """CIE Lab of RGB images in [0, 1] (``(B, 3, H, W)``): L in [0, 100], a and b about +-100, D65
     white, the values of ``skimage.color.rgb2lab`` that the original's L_v compares (not rescaled)."""
@@ -133,6 +146,7 @@ def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+@float32
 def part_prototypes(parts: torch.Tensor, features: torch.Tensor, fg: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Part prototypes: the (foreground-masked) mass-weighted mean feature of each part::
 
@@ -153,6 +167,7 @@ def part_prototypes(parts: torch.Tensor, features: torch.Tensor, fg: Optional[to
     return torch.einsum("bkhw,bchw->bkc", m, features.to(parts.dtype)) / (mass[..., None] + PROTOTYPE_EPS)
 
 
+@float32
 def part_contrastive_loss(prototypes: torch.Tensor, temperature: float = 0.19, positives: str = "random",
                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Contrastive loss L_c on part prototypes (InfoNCE across the images of a batch).
@@ -205,6 +220,7 @@ def part_contrastive_loss(prototypes: torch.Tensor, temperature: float = 0.19, p
     return loss.mean()
 
 
+@float32
 def cross_image_similarity(prototypes: torch.Tensor) -> torch.Tensor:
     """What L_c pulls together and pushes apart: the mean cosine similarity between part ``i`` of one
     image and part ``j`` of *another* image, ``S_ij = mean_{a != b} <z^_ai, z^_bj>`` (``z^`` the
@@ -223,13 +239,16 @@ def cross_image_similarity(prototypes: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+@float32
 def masked_equivariance_loss(logits_transformed: torch.Tensor, logits_original: torch.Tensor, warp: Warp,
                              fg: torch.Tensor) -> torch.Tensor:
     """Equivariance L_e: ``KL(target || pred)`` per pixel on the warped foreground.
 
     ``target = softmax(warp(logits_original)).detach()`` (logits warped, bilinear, zero padding),
     ``pred = log_softmax(logits_transformed)``, the prediction for the warped, colour-jittered image;
-    ``fg`` is the original image's foreground, warped the same way (zero outside the image)::
+    ``fg`` is the original image's foreground, warped the same way (zero outside the image). The order
+    is the original code's, ``KL(T(p) || p')`` with the warped prediction ``T(p)`` as a detached target
+    (as SCOPS' code does, whose paper writes ``D_KL(R' || T_s(R))``, Eq. 3)::
 
         L_e = mean_b  sum_{k, p} fg_T(p) KL_k(p) / (sum_p fg_T(p) + 1e-7)
 

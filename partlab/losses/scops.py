@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from partlab.geometry import Warp, part_centers, pixel_grid, warp_images
+from partlab.precision import float32
 
 __all__ = [
     "concentration_loss",
@@ -62,6 +63,7 @@ def _check_logits(logits_transformed: torch.Tensor, logits_original: torch.Tenso
 # ---------------------------------------------------------------------------------------------
 
 
+@float32
 def concentration_loss(parts: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """Geometric concentration, SCOPS Eq. (2): the spatial variance of every part.
 
@@ -76,7 +78,8 @@ def concentration_loss(parts: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
         parts: ``(B, K, H, W)`` non-negative part maps, e.g. ``probs[:, 1:]``.
         eps: added to every pixel before normalising (1e-3 as in the original: it keeps the
             gradient of a part with almost no mass bounded). With ``eps=0`` a part of zero mass
-            contributes 0.
+            contributes 0, and so does a part whose mass underflows below the smallest normal
+            float (as in :func:`partlab.geometry.part_centers`): values and gradients stay finite.
 
     Returns:
         Scalar: **summed over parts, mean over the batch**. (The original divides by B twice;
@@ -89,7 +92,7 @@ def concentration_loss(parts: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     centers = part_centers(parts, eps=eps)                             # (B, K, 2)
     mass = parts + eps if eps > 0 else parts                           # (B, K, H, W)
     z = mass.sum(dim=(-2, -1))                                         # (B, K)
-    z = torch.where(z > 0, z, torch.ones_like(z))                      # empty part: pdf 0, variance 0
+    z = torch.where(z > torch.finfo(z.dtype).tiny, z, torch.ones_like(z))  # empty (or underflowed) part: 0
     grid = pixel_grid(h, w, device=parts.device, dtype=parts.dtype)    # (H, W, 2)
     dx2 = (grid[0, :, 0] - centers[..., :1]) ** 2                      # (B, K, W): (x_j - c_x)^2
     dy2 = (grid[:, 0, 1] - centers[..., 1:]) ** 2                      # (B, K, H): (y_i - c_y)^2
@@ -123,6 +126,7 @@ def _center_term(logits_transformed: torch.Tensor, warped_logits: torch.Tensor, 
     return F.mse_loss(centers_transformed, centers_warped)
 
 
+@float32
 def equivariance_kl_loss(logits_transformed: torch.Tensor, logits_original: torch.Tensor, warp: Warp,
                          mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Part-map equivariance, SCOPS Eq. (3), first term: ``KL(target || pred)`` per pixel.
@@ -131,6 +135,11 @@ def equivariance_kl_loss(logits_transformed: torch.Tensor, logits_original: torc
     warped (bilinear, zero padding, so pixels from outside the image get a uniform target), then
     softmaxed, as in the original; ``pred = log_softmax(logits_transformed)``, the prediction for
     the transformed image ``T_s(T_a(I))``.
+
+    KL order: the paper writes ``D_KL(R' || T_s(R))`` (Eq. 3), the transformed image's prediction
+    first. The original code, followed here, computes the reverse, ``KL(T_s(R) || R')``
+    (``nn.KLDivLoss()(log R', T_s(R))``), with the warped prediction ``T_s(R)`` as a fixed
+    (detached) target: the gradient reaches ``R'`` only.
 
     Args:
         logits_transformed, logits_original: ``(B, K+1, H, W)``, both at the same size (the
@@ -150,6 +159,7 @@ def equivariance_kl_loss(logits_transformed: torch.Tensor, logits_original: torc
     return _kl_term(logits_transformed, warp_images(logits_original.detach(), warp), mask)
 
 
+@float32
 def equivariance_center_loss(logits_transformed: torch.Tensor, logits_original: torch.Tensor, warp: Warp,
                              eps: float = 1e-3) -> torch.Tensor:
     """Part-centre equivariance, SCOPS Eq. (3), second term.
@@ -172,12 +182,14 @@ def equivariance_center_loss(logits_transformed: torch.Tensor, logits_original: 
     return _center_term(logits_transformed, warp_images(logits_original, warp), eps)
 
 
+@float32
 def equivariance_loss(logits_transformed: torch.Tensor, logits_original: torch.Tensor, warp: Warp,
                       mask: Optional[torch.Tensor] = None, eps: float = 1e-3) -> dict[str, torch.Tensor]:
     """Both terms of SCOPS Eq. (3), warping the original logits once.
 
     Returns ``{"kl": equivariance_kl_loss(...), "center": equivariance_center_loss(...)}`` (the
-    reductions are in those functions' docstrings); ``mask`` applies to the KL term only.
+    reductions, and the KL order, ``KL(T_s(R) || R')`` as in the original code where the paper writes
+    ``D_KL(R' || T_s(R))``, are in those functions' docstrings); ``mask`` applies to the KL term only.
     """
     _check_logits(logits_transformed, logits_original, warp)
     warped = warp_images(logits_original, warp)                        # (B, K+1, H, W)
@@ -190,6 +202,7 @@ def equivariance_loss(logits_transformed: torch.Tensor, logits_original: torch.T
 # ---------------------------------------------------------------------------------------------
 
 
+@float32
 def semantic_consistency_loss(parts: torch.Tensor, features: torch.Tensor, basis: torch.Tensor,
                               saliency: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Semantic consistency, SCOPS Eq. (4), with the saliency constraint (Sec. 3.4)::
@@ -232,6 +245,7 @@ def semantic_consistency_loss(parts: torch.Tensor, features: torch.Tensor, basis
     return ((target - reconstruction) ** 2).mean()
 
 
+@float32
 def orthonormal_loss(basis: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Orthonormal constraint on the part basis, SCOPS Eq. (5)::
 
@@ -240,7 +254,9 @@ def orthonormal_loss(basis: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     Args:
         basis: ``(K, C)`` raw part basis (relu applied inside).
         eps: keeps the normalisation (and its gradient) finite for an all-zero row, which then
-            counts as a zero vector: it adds 1 (its diagonal entry) to the loss.
+            counts as a zero vector: it adds 1 (its diagonal entry) to the loss. ``eps=0`` is
+            allowed: the squared norm is then floored at the smallest normal float, so an all-zero
+            row still gives 1 and finite gradients (not 0/0 = NaN).
 
     Returns:
         Scalar: **sum** over the K x K entries (Frobenius norm squared). 0 for orthonormal rows;
@@ -248,8 +264,11 @@ def orthonormal_loss(basis: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """
     if not isinstance(basis, torch.Tensor) or basis.dim() != 2:
         raise ValueError(f"basis must have shape (K, C), got {_shape(basis)}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
     w = basis.relu()                                                   # (K, C)
-    w_hat = w / torch.sqrt((w * w).sum(dim=1, keepdim=True) + eps)     # rows of unit length
+    norm2 = ((w * w).sum(dim=1, keepdim=True) + eps).clamp_min(torch.finfo(w.dtype).tiny)  # (K, 1)
+    w_hat = w / torch.sqrt(norm2)                                      # rows of unit length
     gram = w_hat @ w_hat.T                                             # (K, K)
     eye = torch.eye(basis.shape[0], device=basis.device, dtype=basis.dtype)
     return ((gram - eye) ** 2).sum()

@@ -11,6 +11,11 @@ A method is an ``nn.Module`` with
 Optional hooks read by :func:`partlab.train.fit`: ``param_groups(config)`` (per-group lr, momentum,
 weight decay, ``"clip"``) and ``on_step(step)`` (called after each optimiser step).
 
+Mixed precision (DESIGN.md): :func:`partlab.train.fit` with ``amp`` sets ``amp_dtype`` for the run;
+methods call their networks through :meth:`PartSegmenter.run_network` (and frozen extractors under
+:meth:`PartSegmenter.autocast`), so autocast wraps the network forward passes only, and every loss
+term is computed in float32 (the loss functions are :func:`partlab.precision.float32`).
+
 Every method remembers the arguments it was built with (``init_args``), so that a trained model can
 be written to a run folder and rebuilt later (:mod:`partlab.methods.runs`).
 """
@@ -22,6 +27,8 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from partlab import precision, utils
 
 MIN_IMAGE_SIZE = 16
 
@@ -50,6 +57,7 @@ class PartSegmenter(nn.Module, abc.ABC):
     """
 
     check_images = staticmethod(check_images)
+    amp_dtype: Optional[torch.dtype] = None     # autocast dtype of the networks; set by fit(amp=...) while it trains
 
     def __new__(cls, *args, **kwargs):
         # Record the constructor arguments, (args, kwargs), before any subclass __init__ runs:
@@ -72,6 +80,17 @@ class PartSegmenter(nn.Module, abc.ABC):
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Named scalar loss terms for a batch dict (``"image"`` ``(B, 3, H, W)`` + method-specific
         keys), the weighted total under ``"loss"``."""
+
+    def autocast(self, device: "torch.device | str"):
+        """The autocast region of this model's network forward passes on ``device``: ``amp_dtype``
+        (float16 / bfloat16) while :func:`partlab.train.fit` trains with ``amp``, else a no-op."""
+        return precision.autocast(device, self.amp_dtype)
+
+    def run_network(self, images: torch.Tensor) -> torch.Tensor:
+        """``self.network(images)`` under :meth:`autocast`: half precision under ``amp`` (callers cast the
+        output to float32 before any loss), the network's own precision otherwise."""
+        with self.autocast(images.device):
+            return self.network(images)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -187,10 +206,25 @@ class FrozenFeatures:
         self.feature_channels = None if feature_channels is None else int(feature_channels)
         return self.feature_channels
 
+    def _apply(self, fn, *args, **kwargs):
+        """``.to(device)`` / ``.cuda()`` / ``.cpu()`` move the frozen extractor too (it is not a submodule,
+        so ``nn.Module`` would leave it where it was built: a CPU VGG19 under a CUDA model), through
+        :func:`partlab.features.extractor_on`. Dtype conversions (``.half()``, ``.double()``) leave it
+        in its own precision."""
+        from partlab.features import extractor_on
+
+        module = super()._apply(fn, *args, **kwargs)
+        extractor = self.extractor
+        anchor = next(self.parameters(), None)
+        if extractor is not None and anchor is not None:
+            self._extractor = (extractor_on(extractor, anchor.device),)
+        return module
+
     @property
     def extractor(self) -> Optional[nn.Module]:
         """The frozen feature extractor (``features=extractor``), or ``None`` with ``features="batch"``."""
-        return self._extractor[0] if self._extractor else None
+        extractor = getattr(self, "_extractor", ())
+        return extractor[0] if extractor else None
 
     def _features(self, batch: dict, images: torch.Tensor, size: tuple, purpose: str) -> torch.Tensor:
         """``V`` ``(B, C, H, W)`` at ``size``, float32, no gradient; ``purpose`` names the loss in errors."""
@@ -200,11 +234,12 @@ class FrozenFeatures:
         if extractor is not None:
             from partlab.features import upsample_concat
 
-            where = next(iter(extractor.buffers()), None)
-            where = images.device if where is None else where.device
+            where = utils.module_device(extractor, images.device)
             with torch.no_grad():
-                maps = extractor(images.detach().to(where), layers=list(self.feature_layers))
-                return upsample_concat(maps, self.feature_layers, size).to(images.device, torch.float32)
+                with precision.autocast(where, self.amp_dtype):
+                    maps = extractor(images.detach().to(where), layers=list(self.feature_layers))
+                maps = {name: value.float() for name, value in maps.items()}
+                return upsample_concat(maps, self.feature_layers, size).to(images.device)
         name = type(self).__name__
         if "features" not in batch:
             raise KeyError(
@@ -228,14 +263,16 @@ class FrozenFeatures:
 
 def quick_setup(cls, category: str, *, size: int, n_train: int, seed: int, features, device, num_parts,
                 network: str, feature_size, quick_weights: dict, quick_fit: dict, extras: dict, settings: dict,
-                model_kwargs: dict, describe: dict):
-    """The steps every quick-mode setup shares (:func:`partlab.methods.scops.scops_quick_setup`,
-    :func:`partlab.methods.contrastive.contrastive_quick_setup`): the synthetic ``"train"`` split; frozen
-    features of every image with the extractor's ``layers_for(cls.feature_role)`` layers, computed once;
-    those and ``extras`` (name -> function of the dataset, e.g. saliency maps) attached with
-    :class:`partlab.data.extras.WithExtras`; a ``cls`` reading them (with ``network="unet"``: the quick
-    U-Net and ``quick_weights``; then ``settings`` and ``model_kwargs``); ``info`` saying what was used
-    (plus ``describe``) and ``info["fit"]``, the :func:`partlab.train.fit` settings (``quick_fit``).
+                model_kwargs: dict, describe: dict, cache: bool = True):
+    """The steps every setup of a feature-reading method shares (:func:`partlab.methods.scops.setup`,
+    :func:`partlab.methods.contrastive.setup` and their quick-mode wrappers): the synthetic ``"train"``
+    split; with ``cache`` (quick mode), frozen features of every image with the extractor's
+    ``layers_for(cls.feature_role)`` layers computed once and held in memory, else the extractor itself
+    handed to the model (features on the fly, on the device); ``extras`` (name -> function of the dataset,
+    e.g. saliency maps) attached with :class:`partlab.data.extras.WithExtras`; a ``cls`` (with
+    ``network="unet"``: the quick U-Net and ``quick_weights``; then ``settings`` and ``model_kwargs``);
+    ``info`` saying what was used (plus ``describe``) and ``info["fit"]``, the :func:`partlab.train.fit`
+    settings (``quick_fit``).
 
     Returns ``(model, train_dataset, info)``.
     """
@@ -250,18 +287,50 @@ def quick_setup(cls, category: str, *, size: int, n_train: int, seed: int, featu
     dataset = SyntheticParts(category, size=size, length=n_train, seed=seed, split="train")
     extractor = get_extractor(features, device=dev) if isinstance(features, str) else features
     layers = extractor.layers_for(cls.feature_role)
-    feats = extract_features(extractor, dataset, layers, size=feature_size)         # (N, C, h, w), CPU
-    train = WithExtras(dataset, features=feats, **{name: make(dataset) for name, make in extras.items()})
+    made = {name: make(dataset) for name, make in extras.items()}
+    if cache:
+        feats = extract_features(extractor, dataset, layers, size=feature_size)     # (N, C, h, w), CPU
+        train = WithExtras(dataset, features=feats, **made)
+        kwargs = {"network": network, "feature_channels": feats.shape[1], **settings}
+    else:
+        feats = None
+        train = WithExtras(dataset, **made) if made else dataset
+        kwargs = {"network": network, "features": extractor, **settings}
     k = category_parts(category) if num_parts is None else int(num_parts)
-    kwargs = {"network": network, "feature_channels": feats.shape[1], **settings}
     if network == "unet":                      # quick mode: the small U-Net and its weights
         kwargs.update(QUICK_UNET)
         kwargs.update(quick_weights)
     kwargs.update(model_kwargs)
     torch.manual_seed(seed)
     model = cls(k, **kwargs)
-    info = {"features": f"{extractor.name}: {extractor.description}", "feature_layers": layers,
-            "feature_shape": tuple(feats.shape), **describe, "device": utils.describe_device(dev), "num_parts": k,
-            "category": category, "size": size, "n_train": n_train, "weights": dict(model.weights),
-            "model_kwargs": dict(kwargs), "fit": dict(quick_fit, device=str(dev), seed=seed)}
+    from partlab.methods.registry import method_of
+
+    info = {"method": method_of(cls).name, "features": f"{extractor.name}: {extractor.description}",
+            "feature_layers": layers,
+            "feature_shape": tuple(feats.shape) if feats is not None else "computed on the fly", **describe,
+            "device": utils.describe_device(dev), "num_parts": k, "category": category, "size": size,
+            "n_train": n_train, "weights": dict(model.weights), "model_kwargs": dict(kwargs),
+            "fit": dict(quick_fit, device=str(dev), seed=seed)}
     return model, train, info
+
+
+def accepted_kwargs(cls: type, kwargs: "dict | None" = None) -> set:
+    """The keyword arguments ``cls(**kwargs)`` accepts: its own, and when it passes ``**network_kwargs``
+    to :func:`partlab.models.build_network`, those of the network ``kwargs["network"]`` names (its
+    default when not given). ``ValueError`` for an unknown network."""
+    import inspect
+
+    from partlab.models import NETWORKS
+
+    kwargs = kwargs or {}
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]          # without self
+    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return named
+    if "network" not in named:                                     # **kwargs not for a network: unchecked
+        return named | set(kwargs)
+    network = kwargs.get("network", inspect.signature(cls.__init__).parameters["network"].default)
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}; choose one of {sorted(NETWORKS)}")
+    network_parameters = list(inspect.signature(NETWORKS[network].__init__).parameters.values())[2:]  # self, out
+    return named | {p.name for p in network_parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

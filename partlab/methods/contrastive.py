@@ -53,17 +53,19 @@ from partlab.losses import (
 from partlab.methods.base import FrozenFeatures, PartSegmenter, batch_map, check_images
 from partlab.models import build_network
 
-__all__ = ["CONTRASTIVE_ABLATIONS", "ContrastiveParts", "QUICK_FIT", "QUICK_WEIGHTS", "contrastive_quick_setup"]
+__all__ = ["CONTRASTIVE_ABLATIONS", "ContrastiveParts", "QUICK_FIT", "QUICK_WEIGHTS", "RECIPES",
+           "contrastive_quick_setup", "setup"]
 
 FOREGROUND_CHOICES = ("fg", "saliency")
 
 # The ablations of the paper's loss study (appendix Fig. 6): the full model and one term removed.
+# Keyed by term name (partlab.methods.registry turns them into constructor overrides).
 CONTRASTIVE_ABLATIONS: dict[str, dict[str, Any]] = {
     "full": {},
-    "no_f": {"lambda_f": 0.0},
-    "no_c": {"lambda_c": 0.0},
-    "no_v": {"lambda_v": 0.0},
-    "no_e": {"lambda_e": 0.0},
+    "no_f": {"f": 0.0},
+    "no_c": {"c": 0.0},
+    "no_v": {"v": 0.0},
+    "no_e": {"e": 0.0},
 }
 
 
@@ -95,6 +97,7 @@ class ContrastiveParts(FrozenFeatures, PartSegmenter):
     """
 
     feature_role = "contrastive"
+    TERMS = ("f", "c", "v", "e", "fg")                       # the keys of losses(), weighted by lambda_<term>
 
     def __init__(self, num_parts: int, *, network: str = "unet", feature_channels: Optional[int] = None,
                  features: Union[str, nn.Module] = "batch", foreground: str = "fg",
@@ -127,7 +130,7 @@ class ContrastiveParts(FrozenFeatures, PartSegmenter):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Log-probabilities ``(B, K+1, H, W)`` (softmax of them = the part maps, channel 0 background)."""
-        return self.log_probs(self.network(check_images(images)).float())
+        return self.log_probs(self.run_network(check_images(images)).float())
 
     # ------------------------------------------------------------------------------ loss inputs
 
@@ -141,10 +144,11 @@ class ContrastiveParts(FrozenFeatures, PartSegmenter):
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """The terms for ``batch`` (``"image"``, ``"fg"`` or ``"saliency"``, and ``"features"`` with
         ``features="batch"``) and their weighted total: ``{"loss", "f", "c", "v", "e", "fg"}``, the
-        terms unweighted and detached, only those with a weight > 0. Computed in float32."""
+        terms unweighted and detached, only those with a weight > 0. The network runs under the model's
+        autocast (:meth:`~partlab.methods.base.PartSegmenter.autocast`); every term is float32."""
         images = check_images(batch["image"])
         w = self.weights
-        raw = self.network(color_jitter(images, **self.jitter_kwargs)).float()        # (B, K+1, H, W)
+        raw = self.run_network(color_jitter(images, **self.jitter_kwargs)).float()    # (B, K+1, H, W)
         size = tuple(raw.shape[-2:])
         part_logits = raw[:, 1:]                                                    # (B, K, H, W)
         parts = part_logits.softmax(dim=1)
@@ -169,7 +173,7 @@ class ContrastiveParts(FrozenFeatures, PartSegmenter):
         if w["e"] > 0:
             warp = random_warp(images.shape[0], **self.warp_kwargs, device=images.device)
             transformed = warp_images(color_jitter(images, **self.jitter_kwargs), warp)
-            part_logits_t = self.network(transformed).float()[:, 1:]
+            part_logits_t = self.run_network(transformed).float()[:, 1:]
             terms["e"] = masked_equivariance_loss(part_logits_t, part_logits, warp, fg)
         if w["fg"] > 0:
             terms["fg"] = F.binary_cross_entropy_with_logits(-raw[:, :1], fg)          # foreground logit = -b
@@ -254,3 +258,63 @@ def contrastive_quick_setup(category: str = "bird", size: int = 64, n_train: int
                        device=device, num_parts=num_parts, network=network, feature_size=feature_size,
                        quick_weights=QUICK_WEIGHTS, quick_fit=QUICK_FIT, settings={"foreground": foreground},
                        model_kwargs=model_kwargs, extras=extras, describe={"foreground": foreground})
+
+
+def quick_recipe():
+    """The quick recipe (CPU, minutes): notebook 08's settings, :func:`contrastive_quick_setup`'s model on 256
+    birds at 64 px inside the true mask, 400 steps of Adam, :data:`QUICK_WEIGHTS` over the paper's."""
+    from partlab.models import QUICK_UNET
+    from partlab.recipes import DataSpec, Recipe
+    from partlab.train import TrainConfig
+
+    weights = {"f": QUICK_WEIGHTS["lambda_f"], "c": 2.3e3, "v": 30.0, "e": 5.7e3, "fg": QUICK_WEIGHTS["lambda_fg"]}
+    return Recipe("contrastive", "quick", weights, {"network": "unet", **QUICK_UNET, "foreground": "fg"},
+                  DataSpec(size=64, n_train=256, features="auto", cache=True),
+                  TrainConfig.from_kwargs(**QUICK_FIT, seed=0))
+
+
+def paper_recipe():
+    """The appendix's recipe (REFERENCE_NOTES.md; CUB weights): K = 4, DeepLab-v2 ResNet-50 from ImageNet,
+    256 px, batch 6, SGD lr 1e-5 (head x10), weight decay 5e-4, the true foreground, VGG19 relu3_2 x 0.33 +
+    relu5_4 on the fly, ``f`` 5, ``c`` 2.3e3, ``v`` 30, ``e`` 5.7e3 (PASCAL: 5.7e4). The appendix gives no
+    step count, momentum or schedule: SCOPS' (100k steps, momentum 0.9, poly 0.9), whose code it builds on."""
+    from partlab.recipes import DataSpec, Recipe
+    from partlab.train import TrainConfig
+
+    weights = {"f": 5.0, "c": 2.3e3, "v": 30.0, "e": 5.7e3, "fg": 1.0}
+    model = {"network": "deeplab", "pretrained": True, "num_parts": 4, "foreground": "fg", "clip": 5.0}
+    fit = TrainConfig.from_kwargs(max_steps=100_000, batch_size=6, lr=1e-5, optimizer="sgd", momentum=0.9,
+                                  weight_decay=5e-4, lr_schedule="poly", poly_power=0.9, log_every=100,
+                                  checkpoint_every=2000, seed=0)
+    return Recipe("contrastive", "paper", weights, model,
+                  DataSpec(size=256, n_train=10_000, features="vgg19", cache=False), fit, imagenet=True)
+
+
+RECIPES = {"quick": quick_recipe, "paper": paper_recipe}
+
+
+def setup(recipe, device: str = "auto", run_dir=None):
+    """``(model, train_dataset, info)`` for a contrastive-discovery recipe (:mod:`partlab.recipes`). With
+    ``data.cache`` the features of every training image are computed once (quick mode), otherwise on
+    the fly; with ``model.foreground="saliency"`` RBD maps are computed once (on disk in ``run_dir``)."""
+    from pathlib import Path
+
+    from partlab.methods.base import quick_setup
+
+    data, settings = recipe.data, dict(recipe.model)
+    network, num_parts = settings.pop("network", "unet"), settings.pop("num_parts", None)
+    foreground = settings.pop("foreground", "fg")
+    if foreground not in FOREGROUND_CHOICES:
+        raise ValueError(f"model.foreground={foreground!r}; choose one of {FOREGROUND_CHOICES}")
+    extras = {}
+    if foreground == "saliency":
+        from partlab.saliency import cached_saliency
+
+        path = None if run_dir is None else Path(run_dir) / "saliency_rbd.pt"
+        extras["saliency"] = lambda dataset: cached_saliency(dataset, "rbd", path=path)
+    weights = {f"lambda_{term}": value for term, value in recipe.weights.items()}
+    return quick_setup(ContrastiveParts, data.category, size=data.size, n_train=data.n_train, seed=recipe.fit.seed,
+                       features=data.features, device=device, num_parts=num_parts, network=network,
+                       feature_size=None, quick_weights={}, quick_fit={}, extras=extras,
+                       settings={"foreground": foreground}, model_kwargs={**weights, **settings},
+                       describe={"foreground": foreground}, cache=data.cache)

@@ -31,6 +31,8 @@ class SupervisedOracle(PartSegmenter):
     torch.Size([2, 4, 32, 32])
     """
 
+    TERMS = ("ce",)                                            # the key of losses(); no weights
+
     def __init__(self, num_parts: int, network: str = "unet", ignore_index: int = 255, **network_kwargs) -> None:
         super().__init__(num_parts)
         self.ignore_index = ignore_index
@@ -38,7 +40,7 @@ class SupervisedOracle(PartSegmenter):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K+1, H, W)``."""
-        return self.network(check_images(images))
+        return self.run_network(check_images(images))
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """``{"loss": ce, "ce": ce}``: mean cross-entropy against ``batch["parts"]`` ``(B, H, W)``."""
@@ -69,26 +71,69 @@ class SupervisedOracle(PartSegmenter):
 ORACLE_QUICK_FIT = {"max_steps": 300, "batch_size": 8, "lr": 2e-3, "optimizer": "adam", "log_every": 25}
 
 
+def quick_recipe():
+    """The quick recipe: the quick U-Net on 512 synthetic birds at 64 px, :data:`ORACLE_QUICK_FIT`."""
+    from partlab.recipes import DataSpec, Recipe
+    from partlab.train import TrainConfig
+
+    return Recipe("oracle", "quick", {}, {"network": "unet", **QUICK_UNET}, DataSpec(size=64, n_train=512),
+                  TrainConfig.from_kwargs(**ORACLE_QUICK_FIT, seed=0))
+
+
+def paper_recipe():
+    """The supervised upper bound at the papers' scale: the DeepLab-v2 ResNet-50 of SCOPS from ImageNet at
+    256 px, batch 6, with DeepLab-v2's own supervised schedule (SGD lr 2.5e-4, head x10, momentum 0.9,
+    weight decay 5e-4, poly 0.9) for 20k steps. (No paper trains it; these are DeepLab's settings.)"""
+    from partlab.recipes import DataSpec, Recipe
+    from partlab.train import TrainConfig
+
+    fit = TrainConfig.from_kwargs(max_steps=20_000, batch_size=6, lr=2.5e-4, optimizer="sgd", momentum=0.9,
+                                  weight_decay=5e-4, lr_schedule="poly", poly_power=0.9, log_every=100,
+                                  checkpoint_every=2000, seed=0)
+    return Recipe("oracle", "paper", {}, {"network": "deeplab", "pretrained": True},
+                  DataSpec(size=256, n_train=10_000, cache=False), fit, imagenet=True)
+
+
+RECIPES = {"quick": quick_recipe, "paper": paper_recipe}
+
+
+def setup(recipe, device: str = "auto", run_dir=None):
+    """``(model, train_dataset, info)`` for an oracle recipe: the synthetic ``"train"`` split with its true
+    part labels and a :class:`SupervisedOracle` built from ``recipe.model`` (K: the category's)."""
+    from partlab import utils
+    from partlab.data.synthetic import SyntheticParts
+
+    dev = utils.device(device)
+    data, settings = recipe.data, dict(recipe.model)
+    seed = recipe.fit.seed
+    dataset = SyntheticParts(data.category, size=data.size, length=data.n_train, seed=seed, split="train")
+    num_parts = settings.pop("num_parts", None)
+    num_parts = dataset.num_parts if num_parts is None else num_parts
+    torch.manual_seed(seed)
+    model = SupervisedOracle(num_parts, **settings)
+    from partlab.methods.registry import method_of
+
+    info = {"method": method_of(SupervisedOracle).name, "category": data.category, "size": data.size, "n_train": data.n_train, "num_parts": num_parts,
+            "device": utils.describe_device(dev), "weights": {}, "model_kwargs": settings,
+            "fit": dict(recipe.fit.to_dict(), device=str(dev))}
+    return model, dataset, info
+
+
 def oracle_quick_setup(category: str = "bird", size: int = 64, n_train: int = 512, seed: int = 0,
                        network: str = "unet", device: str = "auto"):
-    """``(model, train_dataset, info)`` for the supervised oracle, shaped like SCOPS' quick setup:
-    the same quick-mode network (:data:`partlab.models.QUICK_UNET`) trained on the true part labels
-    of ``n_train`` synthetic ``"train"`` images; ``info["fit"]`` holds the :func:`partlab.train.fit`
-    keyword arguments (:data:`ORACLE_QUICK_FIT`). ``network="deeplab"`` uses ImageNet weights when
-    they are in the local cache.
+    """``(model, train_dataset, info)`` for the supervised oracle, shaped like SCOPS' quick setup: the quick
+    recipe (the quick-mode network :data:`partlab.models.QUICK_UNET` trained on the true part labels of
+    ``n_train`` synthetic ``"train"`` images); ``info["fit"]`` holds the :func:`partlab.train.fit` keyword
+    arguments (:data:`ORACLE_QUICK_FIT`). ``network="deeplab"`` uses ImageNet weights when they are in the
+    local cache.
 
     >>> model, data, info = oracle_quick_setup("face", size=32, n_train=8, device="cpu")
     >>> model.num_parts, len(data), info["fit"]["max_steps"]
     (7, 8, 300)
     """
-    from partlab import utils
-    from partlab.data.synthetic import SyntheticParts
-
-    dev = utils.device(device)
-    dataset = SyntheticParts(category, size=size, length=n_train, seed=seed, split="train")
-    torch.manual_seed(seed)
-    kwargs = QUICK_UNET if network == "unet" else {"pretrained": "auto"}
-    model = SupervisedOracle(dataset.num_parts, network=network, **kwargs)
-    info = {"category": category, "size": size, "n_train": n_train, "num_parts": dataset.num_parts,
-            "device": utils.describe_device(dev), "fit": dict(ORACLE_QUICK_FIT, device=str(dev), seed=seed)}
-    return model, dataset, info
+    recipe = quick_recipe()
+    model = {"network": "unet", **QUICK_UNET} if network == "unet" else {"network": network, "pretrained": "auto"}
+    recipe = recipe.override({"data.category": category, "data.size": size, "data.n_train": n_train,
+                              "fit.seed": seed})
+    recipe = type(recipe)(recipe.method, recipe.name, {}, model, recipe.data, recipe.fit)
+    return setup(recipe, device=device)

@@ -31,10 +31,8 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
+from partlab.methods import registry
 from partlab.methods.base import PartSegmenter
-from partlab.methods.contrastive import ContrastiveParts
-from partlab.methods.oracle import SupervisedOracle
-from partlab.methods.scops import SCOPS
 
 RUN_FORMAT = "partlab.run/1"
 MODEL_JSON = "model.json"
@@ -43,9 +41,8 @@ MAX_PARTS = 255                        # label maps are 8-bit PNGs (0 = backgrou
 SIZE_RANGE = (16, 4096)                # the image size a run predicts at (partlab segment resizes to it)
 MAX_WEIGHTS = 200_000_000              # parameters + buffers a rebuilt model may hold (800 MB in float32)
 
-# Methods a run folder can hold, by class name (the "method" of model.json).
-METHODS: dict[str, type[PartSegmenter]] = {"ContrastiveParts": ContrastiveParts, "SCOPS": SCOPS,
-                                            "SupervisedOracle": SupervisedOracle}
+# Methods a run folder can hold, by class name (the "method" of model.json): the method registry's.
+METHODS: dict[str, type[PartSegmenter]] = registry.classes()
 
 
 def constructor_kwargs(model: PartSegmenter) -> dict[str, Any]:
@@ -168,21 +165,13 @@ def _check_model_json(meta: dict, path: Path) -> None:
 
 
 def _accepted_kwargs(cls: type, kwargs: Mapping[str, Any], path: Path) -> set[str]:
-    """The keyword arguments ``cls(**kwargs)`` accepts: its own, and when it passes ``**network_kwargs``
-    to :func:`partlab.models.build_network`, those of the network ``kwargs["network"]`` names."""
-    from partlab.models import NETWORKS
+    """:func:`partlab.methods.base.accepted_kwargs`, its error naming ``path``."""
+    from partlab.methods.base import accepted_kwargs
 
-    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]          # without self
-    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return named
-    if "network" not in named:                                     # **kwargs not for a network: unchecked
-        return named | set(kwargs)
-    network = kwargs.get("network", inspect.signature(cls.__init__).parameters["network"].default)
-    if network not in NETWORKS:
-        raise ValueError(f"{path}: unknown network {network!r}; choose one of {sorted(NETWORKS)}")
-    network_parameters = list(inspect.signature(NETWORKS[network].__init__).parameters.values())[2:]  # self, out
-    return named | {p.name for p in network_parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    try:
+        return accepted_kwargs(cls, dict(kwargs))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _rebuild_kwargs(kwargs: Mapping[str, Any], device: torch.device) -> dict[str, Any]:

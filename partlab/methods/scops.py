@@ -21,8 +21,9 @@ term (dict key)    equation     what it asks of the parts ``R_k = probs[:, k]``,
 ======================  ===============  ================================================================
 weight                  default          origin / units
 ======================  ===============  ================================================================
-``lambda_con``          10               original; partlab averages over the batch once, the original
-                                         divides by B twice (its effective weight is 10 / B here)
+``lambda_con``          10 / 6           the original's 10 at its batch of 6, made effective: the original
+                                         divides L_con by B twice, partlab averages over the batch once,
+                                         so its 10 weighs 10 / B of partlab's L_con (ORIGINAL_BATCH = 6)
 ``lambda_eqv``          1e3 / (K + 1)    original 1e3 on ``nn.KLDivLoss()`` (mean over B*(K+1)*H*W);
                                          partlab's KL sums the K+1 channels (mean over B*H*W), hence
                                          the division: the same gradient as the original
@@ -48,6 +49,7 @@ settings that go with them; its one change to the paper's weights is a larger ``
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
@@ -65,20 +67,23 @@ from partlab.losses import (
 from partlab.methods.base import FrozenFeatures, PartSegmenter, batch_map, check_images
 from partlab.models import build_network
 
-__all__ = ["ABLATIONS", "QUICK_FIT", "QUICK_WEIGHTS", "SCOPS", "postprocess_labels", "scops_quick_setup", "train_variants"]
+__all__ = ["ABLATIONS", "QUICK_FIT", "QUICK_WEIGHTS", "RECIPES", "SCOPS", "postprocess_labels", "scops_quick_setup",
+           "setup"]
 
 SALIENCY_CHOICES = ("batch", "oracle", "none", "rbd")
 BACKGROUND_SCORE = 0.1
+ORIGINAL_BATCH = 6          # the original's batch size, which its L_con weight assumes (see lambda_con)
 
-# Ablations of SCOPS Table 1 (right) as constructor overrides. "only L_sc" keeps the orthonormal
+# Ablations of SCOPS Table 1 (right), keyed by term name (a weight; 0 removes the term) or setting name
+# (partlab.methods.registry turns them into constructor overrides). "only L_sc" keeps the orthonormal
 # constraint and the saliency (they belong to the semantic consistency term); "w/o L_sc" drops the
 # basis altogether.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "full": {},
-    "only_sc": {"lambda_con": 0.0, "lambda_eqv": 0.0, "lambda_lmeqv": 0.0},
-    "no_sc": {"lambda_sc": 0.0, "lambda_orthonormal": 0.0},
-    "no_con": {"lambda_con": 0.0},
-    "no_eqv": {"lambda_eqv": 0.0, "lambda_lmeqv": 0.0},
+    "only_sc": {"con": 0.0, "eqv": 0.0, "lmeqv": 0.0},
+    "no_sc": {"sc": 0.0, "orthonormal": 0.0},
+    "no_con": {"con": 0.0},
+    "no_eqv": {"eqv": 0.0, "lmeqv": 0.0},
     "no_saliency": {"saliency": "none"},
 }
 
@@ -132,7 +137,9 @@ class SCOPS(FrozenFeatures, PartSegmenter):
             ``"none"``: no mask (the "w/o saliency" ablation); ``"rbd"``: computed on the fly by
             :func:`partlab.saliency.saliency_maps` (slow: CPU, one image at a time).
         lambda_con, lambda_eqv, lambda_lmeqv, lambda_sc, lambda_orthonormal: term weights (module
-            docstring); ``lambda_eqv=None`` means ``1e3 / (K + 1)``. 0 switches a term off.
+            docstring); the defaults are the original's *effective* weights on partlab's reductions:
+            ``lambda_con = 10 / 6`` (the original's 10 on L_con divided by B twice, at batch 6),
+            ``lambda_eqv=None`` means ``1e3 / (K + 1)``. 0 switches a term off.
         warp: keyword arguments of :func:`partlab.geometry.random_warp`, or a preset name
             (default ``"scops"``: rotation +-60 deg, zoom 0.7-2.0, shift +-0.1, 5x5 TPS).
         jitter: keyword arguments of :func:`partlab.geometry.color_jitter`, or a preset name
@@ -157,10 +164,11 @@ class SCOPS(FrozenFeatures, PartSegmenter):
     """
 
     feature_role = "scops"
+    TERMS = ("con", "eqv", "lmeqv", "sc", "orthonormal")      # the keys of losses(), weighted by lambda_<term>
 
     def __init__(self, num_parts: int, *, network: str = "unet", feature_channels: Optional[int] = None,
                  features: Union[str, nn.Module] = "batch", saliency: str = "batch",
-                 lambda_con: float = 10.0, lambda_eqv: Optional[float] = None, lambda_lmeqv: float = 1e2,
+                 lambda_con: float = 10.0 / ORIGINAL_BATCH, lambda_eqv: Optional[float] = None, lambda_lmeqv: float = 1e2,
                  lambda_sc: float = 1e4, lambda_orthonormal: float = 0.1,
                  warp: Union[str, dict] = "scops", jitter: Union[str, dict] = "scops", eps: float = 1e-3,
                  clip: Optional[float] = 5.0, basis_lr: float = 0.01, basis_momentum: float = 0.9,
@@ -196,7 +204,7 @@ class SCOPS(FrozenFeatures, PartSegmenter):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K+1, H, W)`` at the input size."""
-        return self.network(check_images(images))
+        return self.run_network(check_images(images))
 
     # ------------------------------------------------------------------------------ loss inputs
 
@@ -225,7 +233,9 @@ class SCOPS(FrozenFeatures, PartSegmenter):
         Returns ``{"loss": sum_t lambda_t * term_t, <term>: value}`` with the unweighted, detached
         terms ``"con"`` (Eq. 2), ``"eqv"`` and ``"lmeqv"`` (Eq. 3), ``"sc"`` (Eq. 4),
         ``"orthonormal"`` (Eq. 5): only those with a weight > 0, the others are not computed.
-        Every term is computed in float32 on the logits at the input size.
+        Every term is computed in float32 on the logits at the input size; only the network (and a
+        frozen feature extractor) runs under the model's autocast when :func:`partlab.train.fit`
+        trains with ``amp``.
         """
         images = check_images(batch["image"])
         w = self.weights
@@ -306,8 +316,8 @@ class SCOPS(FrozenFeatures, PartSegmenter):
 
 # Quick-mode settings (U-Net, 64 px, CPU); see scops_quick_setup.
 # The paper's weights are for 100k steps of a pretrained DeepLab. With a few hundred steps of a U-Net
-# from scratch, lambda_con = 10 leaves the parts spread over the whole image (L_con ~3 after 400
-# steps, one part absorbing the background): the concentration weight is raised 30x so the parts
+# from scratch, lambda_con = 10 (already 6x the original's effective 10 / 6) leaves the parts spread over
+# the whole image (L_con ~3 after 400 steps, one part absorbing the background): it is raised so the parts
 # gather within the quick budget. Measured on synthetic birds (64 px, 400 steps, rbd saliency; FG-ARI /
 # landmark error): lambda_con 10: .209/.260; 100: .244/.255; 300: .235/.243; 1e3: .162/.240;
 # 1e4: .112/.208 (parts concentrate but stop following the features). Every other weight is the paper's.
@@ -329,8 +339,8 @@ def scops_quick_setup(category: str = "bird", size: int = 64, n_train: int = 512
     (:func:`partlab.saliency.cached_saliency`, ``saliency`` = ``"rbd"``, ``"oracle"`` or ``"none"``,
     optionally cached in the file ``saliency_path``); both attached with
     :class:`partlab.data.extras.WithExtras`; a :class:`SCOPS` with a U-Net reading them, with the
-    paper's loss weights except ``lambda_con`` (:data:`QUICK_WEIGHTS`: 300 instead of 10, so parts
-    gather within a few hundred steps; ``network="deeplab"`` keeps the paper's 10).
+    paper's loss weights except ``lambda_con`` (:data:`QUICK_WEIGHTS`: 300 instead of the original's
+    effective 10 / 6, so parts gather within a few hundred steps; ``network="deeplab"`` keeps 10 / 6).
 
     Args:
         category: synthetic category; K defaults to its number of part classes.
@@ -356,35 +366,63 @@ def scops_quick_setup(category: str = "bird", size: int = 64, n_train: int = 512
                        describe={"saliency": saliency})
 
 
-def train_variants(variants, train, info: dict, *, max_steps: Optional[int] = None, progress=None,
-                   **fit_overrides: Any) -> dict[str, "SCOPS"]:
-    """Train one SCOPS per variant on the same cached training set (the ablation of SCOPS Table 1).
+def quick_recipe():
+    """The quick recipe (CPU, minutes): notebooks 05 and 06's settings, :func:`scops_quick_setup`'s model on
+    256 birds at 64 px, 400 steps of Adam 1e-3."""
+    from partlab.recipes import DataSpec, Recipe
+    from partlab.models import QUICK_UNET
+    from partlab.train import TrainConfig
 
-    Args:
-        variants: names of :data:`ABLATIONS` (e.g. ``["full", "no_sc"]``) or ``{name: overrides}``
-            of :class:`SCOPS` keyword arguments (e.g. ``{"lmeqv x10": {"lambda_lmeqv": 1e3}}``).
-        train, info: from :func:`scops_quick_setup` (its features and saliency are reused, so every
-            variant sees the same data, seed and network initialisation).
-        max_steps, **fit_overrides: change ``info["fit"]`` (e.g. fewer steps in quick mode).
+    weights = {"con": QUICK_WEIGHTS["lambda_con"], "lmeqv": 1e2, "sc": 1e4, "orthonormal": 0.1}
+    return Recipe("scops", "quick", weights, {"network": "unet", **QUICK_UNET, "saliency": "rbd"},
+                  DataSpec(size=64, n_train=256, features="auto", cache=True),
+                  TrainConfig.from_kwargs(**dict(QUICK_FIT, max_steps=400), seed=0))
 
-    Returns:
-        ``{name: trained model}`` (each with its ``history``), in the order given.
-    """
-    from partlab.train import fit
 
-    if not isinstance(variants, dict):
-        unknown = [v for v in variants if v not in ABLATIONS]
-        if unknown:
-            raise ValueError(f"unknown ablation(s) {unknown}; choices: {list(ABLATIONS)} or a dict of overrides")
-        variants = {v: ABLATIONS[v] for v in variants}
-    config = dict(info["fit"], **fit_overrides)
-    if max_steps is not None:
-        config["max_steps"] = int(max_steps)
-    if progress is not None:
-        config["progress"] = progress
-    models = {}
-    for name, overrides in variants.items():
-        torch.manual_seed(config.get("seed", 0))
-        model = SCOPS(info["num_parts"], **dict(info["model_kwargs"], **overrides))
-        models[name] = fit(model, train, **config)
-    return models
+def paper_recipe():
+    """The original's recipe (REFERENCE_NOTES.md, config SCOPS_K8_retrain): K = 8, DeepLab-v2 ResNet-50 from
+    ImageNet, 256 px, batch 6, SGD lr 1e-5 (head x10) with momentum 0.9, weight decay 5e-4 and poly 0.9
+    decay for 100k steps, gradient norms clipped at 5, the basis's own SGD (lr 0.01), VGG19 relu5_2 +
+    relu5_4 features computed on the fly, RBD saliency, and the original's effective weights on
+    partlab's reductions (``con`` 10 / 6, ``eqv`` 1e3 / (K + 1), ``lmeqv`` 1e2, ``sc`` 1e4,
+    ``orthonormal`` 0.1)."""
+    from partlab.recipes import DataSpec, Recipe
+    from partlab.train import TrainConfig
+
+    weights = {"con": 10.0 / ORIGINAL_BATCH, "lmeqv": 1e2, "sc": 1e4, "orthonormal": 0.1}
+    model = {"network": "deeplab", "pretrained": True, "num_parts": 8, "saliency": "rbd", "clip": 5.0,
+             "basis_lr": 0.01, "basis_momentum": 0.9, "basis_weight_decay": 5e-4, "basis_clip": 5.0}
+    fit = TrainConfig.from_kwargs(max_steps=100_000, batch_size=6, lr=1e-5, optimizer="sgd", momentum=0.9,
+                                  weight_decay=5e-4, lr_schedule="poly", poly_power=0.9, log_every=100,
+                                  checkpoint_every=2000, seed=0)
+    return Recipe("scops", "paper", weights, model, DataSpec(size=256, n_train=10_000, features="vgg19", cache=False),
+                  fit, imagenet=True)
+
+
+RECIPES = {"quick": quick_recipe, "paper": paper_recipe}
+
+
+def setup(recipe, device: str = "auto", run_dir=None):
+    """``(model, train_dataset, info)`` for a SCOPS recipe (:mod:`partlab.recipes`). With ``data.cache``
+    the features and saliency maps of every training image are computed once (quick mode; RBD maps
+    cached on disk in ``run_dir`` when given); otherwise features come from the extractor on the fly
+    and RBD saliency is computed per batch on the device."""
+    from partlab.methods.base import quick_setup
+    from partlab.saliency import cached_saliency
+
+    data, settings = recipe.data, dict(recipe.model)
+    network, num_parts = settings.pop("network", "unet"), settings.pop("num_parts", None)
+    saliency = settings.pop("saliency", "rbd")
+    weights = {f"lambda_{term}": value for term, value in recipe.weights.items()}
+    if data.cache:
+        if saliency not in ("rbd", "oracle", "none"):
+            raise ValueError(f"model.saliency={saliency!r}; with data.cache choose 'rbd', 'oracle' or 'none'")
+        path = None if run_dir is None or saliency != "rbd" else Path(run_dir) / "saliency_rbd.pt"
+        extras = {"saliency": lambda dataset: cached_saliency(dataset, saliency, path=path)}
+        model_settings = {"saliency": "batch"}
+    else:
+        extras, model_settings = {}, {"saliency": saliency}
+    return quick_setup(SCOPS, data.category, size=data.size, n_train=data.n_train, seed=recipe.fit.seed,
+                       features=data.features, device=device, num_parts=num_parts, network=network,
+                       feature_size=None, quick_weights={}, quick_fit={}, extras=extras, settings=model_settings,
+                       model_kwargs={**weights, **settings}, describe={"saliency": saliency}, cache=data.cache)

@@ -1,0 +1,314 @@
+"""Recipes: everything a training run uses, as one small typed object.
+
+A :class:`Recipe` holds
+
+- ``weights``: the loss weights, one mapping keyed by term name as in the method's ``losses()``
+  (``{"con": 300.0, "sc": 1e4, ...}`` for SCOPS);
+- ``model``: the method's other settings (network and its arguments, K, saliency, ...);
+- ``data``: a :class:`DataSpec` (dataset, category, size, count, features and whether the features
+  of every training image are computed once and held in memory: quick mode only);
+- ``fit``: the :class:`partlab.train.TrainConfig`.
+
+Every method has the recipes ``quick`` (CPU, minutes, CI) and ``paper`` (the original's settings from
+REFERENCE_NOTES.md, with the original's *effective* loss weights where its reductions differ from
+partlab's) in the method registry (:mod:`partlab.methods.registry`). A recipe is printed when used
+(:meth:`Recipe.describe`), saved in the run folder (``recipe.json``, :meth:`Recipe.save`) and rebuilt
+from it (:func:`load_recipe`), so a run can be re-run. Settings change through :meth:`Recipe.override`
+with dotted keys, as ``partlab train scops --set fit.lr=1e-4 --set weights.con=100`` does.
+
+>>> from partlab.methods.registry import get_recipe
+>>> recipe = get_recipe("scops", "quick").override({"fit.max_steps": 10, "data.n_train": 16})
+>>> recipe.fit.max_steps, recipe.weights["con"]
+(10, 300.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Union
+
+from partlab.train import TrainConfig
+
+RECIPE_FORMAT = "partlab.recipe/1"
+RECIPE_FILE = "recipe.json"
+SECTIONS = ("weights", "model", "data", "fit")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """The training data of a recipe.
+
+    Attributes:
+        dataset: ``"synthetic"`` (the embedded world; real datasets arrive with their readers).
+        category: synthetic category (``"bird"``, ``"quadruped"``, ``"figure"``, ``"face"``).
+        size: image size in pixels (square).
+        n_train: training images (drawn with the recipe's ``fit.seed``, which seeds the whole run).
+        features: the frozen feature extractor (:func:`partlab.features.get_extractor`: ``"auto"``,
+            ``"vgg19"``, ``"standin"``, ``"rgb"``).
+        cache: quick mode: the features (and saliency maps) of every training image are computed once
+            and held in memory. ``False`` (paper): computed on the fly on the device, at any scale.
+    """
+
+    dataset: str = "synthetic"
+    category: str = "bird"
+    size: int = 64
+    n_train: int = 512
+    features: str = "auto"
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dataset != "synthetic":
+            raise ValueError(f"data.dataset={self.dataset!r}: recipes train on the synthetic world for now "
+                             f"('synthetic'); real datasets arrive with their readers")
+        from partlab.data.synthetic import CATEGORIES
+
+        if self.category not in CATEGORIES:
+            raise ValueError(f"data.category={self.category!r}; choose one of {list(CATEGORIES)}")
+        for name, low, high in (("size", 16, 4096), ("n_train", 1, 2**62)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"data.{name} must be an integer in [{low}, {high}], got {value!r}")
+        from partlab.features.extractors import _EXTRACTOR_CHOICES
+
+        if self.features not in _EXTRACTOR_CHOICES:
+            raise ValueError(f"data.features={self.features!r}; choose one of {list(_EXTRACTOR_CHOICES)}")
+        if not isinstance(self.cache, bool):
+            raise ValueError(f"data.cache must be true or false, got {self.cache!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A method's training recipe (see the module docstring).
+
+    Attributes:
+        method: the registry name (``"scops"``, ``"contrastive"``, ``"oracle"``).
+        name: the recipe's name (``"quick"``, ``"paper"``).
+        weights: loss weights keyed by term name (the method's ``TERMS``); the terms left out keep the
+            method's defaults.
+        model: the method's other constructor settings (``network``, network arguments, ``num_parts``
+            (``None``: the category's number of parts), saliency, ...).
+        data: the :class:`DataSpec`.
+        fit: the :class:`partlab.train.TrainConfig` (its ``device``, ``checkpoint_dir`` and ``resume``
+            are set by whoever runs it).
+        imagenet: the recipe starts from ImageNet weights (backbone and features), as the paper's do:
+            without them in the local torch cache it is refused unless ``allow_random_init``.
+        allow_random_init: start without ImageNet weights anyway (random backbone, the offline stand-in
+            features); recorded in the run folder.
+    """
+
+    method: str
+    name: str
+    weights: Mapping[str, float]
+    model: Mapping[str, Any]
+    data: DataSpec
+    fit: TrainConfig
+    imagenet: bool = False
+    allow_random_init: bool = False
+
+    def __post_init__(self) -> None:
+        from partlab.methods.registry import get_method
+
+        entry = get_method(self.method)
+        unknown = sorted(set(self.weights) - set(entry.weighted_terms))
+        if unknown:
+            raise ValueError(f"{self.method} has no loss term(s) {unknown} to weigh; its weighted terms are "
+                             f"{list(entry.weighted_terms)}")
+        bad = {term: value for term, value in self.weights.items()
+               if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                       and value >= 0)}
+        if bad:
+            raise ValueError(f"loss weights must be finite numbers >= 0 (0 switches a term off), got {bad}")
+        entry.check_model_settings(self.model)
+        object.__setattr__(self, "weights", {term: float(value) for term, value in self.weights.items()})
+        object.__setattr__(self, "model", dict(self.model))
+
+    # ------------------------------------------------------------------------------ overrides
+
+    def override(self, changes: Union[Mapping[str, Any], Iterable[str], None]) -> "Recipe":
+        """A copy with settings changed by dotted keys: ``{"fit.lr": 1e-4, "weights.con": 100}`` or the
+        command line's ``["fit.lr=1e-4", "weights.con=100"]`` (values parsed as JSON, else kept as text).
+        Unknown keys are refused with the accepted ones named."""
+        if not changes:
+            return self
+        if not isinstance(changes, Mapping):
+            changes = dict(_parse_assignment(item) for item in changes)
+        sections = {"weights": dict(self.weights), "model": dict(self.model),
+                    "data": dataclasses.asdict(self.data), "fit": self.fit.to_dict()}
+        top = {}
+        for key, value in changes.items():
+            section, _, name = str(key).partition(".")
+            if section in ("imagenet", "allow_random_init") and not name:
+                top[section] = _as_bool(value, section)
+                continue
+            if section not in sections or not name:
+                raise ValueError(f"unknown recipe setting {key!r}: use section.name with a section in "
+                                 f"{list(SECTIONS)} (e.g. fit.lr=1e-4, weights.con=100, data.size=128, "
+                                 f"model.network=deeplab)")
+            if section in ("data", "fit") and name not in sections[section]:
+                raise ValueError(f"unknown recipe setting {key!r}; {section} has {sorted(sections[section])}")
+            sections[section][name] = value
+        fit = sections["fit"]
+        fit["betas"] = tuple(fit["betas"])
+        return Recipe(self.method, self.name, sections["weights"], sections["model"], DataSpec(**sections["data"]),
+                      TrainConfig.from_kwargs(**fit), top.get("imagenet", self.imagenet),
+                      top.get("allow_random_init", self.allow_random_init))
+
+    # ------------------------------------------------------------------------------ saving
+
+    def to_dict(self) -> dict:
+        """The recipe as JSON values (what ``recipe.json`` holds)."""
+        fit = self.fit.to_dict()
+        fit["betas"] = list(fit["betas"])
+        return {"format": RECIPE_FORMAT, "method": self.method, "name": self.name, "weights": dict(self.weights),
+                "model": _jsonable(self.model), "data": dataclasses.asdict(self.data), "fit": fit,
+                "imagenet": self.imagenet, "allow_random_init": self.allow_random_init}
+
+    def save(self, folder: Union[str, os.PathLike]) -> Path:
+        """Write ``folder/recipe.json`` atomically; return its path."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / RECIPE_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    # ------------------------------------------------------------------------------ use
+
+    def describe(self) -> str:
+        """A few lines saying what this recipe uses (printed by ``partlab train`` and the notebooks)."""
+        from partlab.methods.registry import get_method
+
+        entry = get_method(self.method)
+        fit = self.fit
+        optimiser = f"{fit.optimizer} lr {fit.lr:g}"
+        if fit.optimizer == "sgd":
+            optimiser += f", momentum {fit.momentum:g}"
+        if fit.weight_decay:
+            optimiser += f", weight decay {fit.weight_decay:g}"
+        if fit.lr_schedule == "poly":
+            optimiser += f", poly {fit.poly_power:g}"
+        if fit.grad_clip:
+            optimiser += f", clip {fit.grad_clip:g}"
+        weights = {term: self.weights.get(term, "derived" if default is None else default)
+                   for term, default in entry.default_weights().items()}
+        d = self.data
+        features = getattr(entry.cls, "feature_role", "")
+        lines = [f"recipe {self.method}/{self.name}: {entry.cls.__name__} trained on {entry.data}",
+                 f"  data: {d.dataset} {d.category}, {d.size} px, {d.n_train} images"
+                 + (f"; features {d.features} ({'computed once, in memory' if d.cache else 'on the fly'})"
+                    if features else ""),
+                 f"  model: {_short(self.model)}"]
+        if weights:
+            lines.append(f"  weights: {_short(weights)}")
+        lines.append(f"  fit: {fit.max_steps} steps of {fit.batch_size}, {optimiser}, seed {fit.seed}"
+                     + (f", amp {fit.amp}" if fit.amp else ""))
+        if self.imagenet:
+            lines.append("  ImageNet weights: " + ("not required (--allow-random-init)" if self.allow_random_init
+                                                   else "required (backbone and features)"))
+        return "\n".join(lines)
+
+    def build(self, device: str = "auto", run_dir: Optional[Union[str, os.PathLike]] = None):
+        """``(model, train_dataset, info)`` for this recipe: the method's setup, with ``info["fit"]`` the
+        :func:`partlab.train.fit` keyword arguments (the recipe's ``fit`` on ``device``, without
+        ``checkpoint_dir`` and ``resume``, which the caller sets) and ``info["recipe"]`` the recipe as JSON.
+        ``run_dir``: where slow per-image maps may be cached on disk. A recipe that needs ImageNet weights
+        is refused without them (:meth:`check_imagenet`); with ``allow_random_init`` it starts from a random
+        backbone (``pretrained="auto"``) and the features ``"auto"`` picks."""
+        from partlab import utils
+        from partlab.methods.registry import get_method
+
+        self.check_imagenet()
+        recipe = self
+        if self.imagenet and self.allow_random_init:
+            model = {**self.model, **({"pretrained": "auto"} if self.model.get("pretrained") is True else {})}
+            data = dataclasses.replace(self.data, features="auto" if self.data.features == "vgg19" else self.data.features)
+            recipe = dataclasses.replace(self, model=model, data=data)
+        dev = utils.device(device)
+        model, dataset, info = get_method(self.method).setup(recipe, device=dev, run_dir=run_dir)
+        fit = {key: value for key, value in recipe.fit.to_dict().items() if key not in ("checkpoint_dir", "resume")}
+        info["fit"] = dict(fit, device=str(dev))
+        info["recipe"] = self.to_dict()
+        return model, dataset, info
+
+    def check_imagenet(self) -> None:
+        """Refuse a recipe that needs ImageNet weights when they are not in the local torch cache, with one
+        message naming the missing file, where it goes, and ``--allow-random-init``."""
+        if not self.imagenet or self.allow_random_init:
+            return
+        from torchvision.models import ResNet50_Weights, VGG19_Weights
+
+        from partlab import pretrained
+
+        from partlab.methods.registry import get_method
+
+        needed = [VGG19_Weights.IMAGENET1K_V1] if getattr(get_method(self.method).cls, "feature_role", "") else []
+        if self.model.get("network") == "deeplab":
+            needed.append(ResNet50_Weights.IMAGENET1K_V1)
+        missing = [pretrained.weights_path(w) for w in needed if not pretrained.weights_available(w)]
+        if missing:
+            names = " and ".join(p.name for p in missing)
+            raise ValueError(f"the {self.name} recipe of {self.method} starts from ImageNet weights, but {names} "
+                             f"{'is' if len(missing) == 1 else 'are'} not in the torch cache {missing[0].parent}: "
+                             f"copy {'it' if len(missing) == 1 else 'them'} there (torchvision's file names), or "
+                             f"pass --allow-random-init (set allow_random_init=True) to start from random "
+                             f"weights and the offline stand-in features")
+
+
+def load_recipe(path: Union[str, os.PathLike]) -> Recipe:
+    """A recipe from ``recipe.json`` (or the run folder holding it); ``ValueError`` naming the file and
+    what is wrong for another format version or a malformed file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RECIPE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no recipe at {path}")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} cannot be read as JSON ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("format") != RECIPE_FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{path} is a recipe of format {found!r}; this partlab reads {RECIPE_FORMAT!r}")
+    try:
+        fit = dict(raw["fit"])
+        fit["betas"] = tuple(fit.get("betas", (0.9, 0.999)))
+        return Recipe(raw["method"], raw["name"], raw["weights"], raw["model"], DataSpec(**raw["data"]),
+                      TrainConfig.from_kwargs(**fit), bool(raw.get("imagenet", False)),
+                      bool(raw.get("allow_random_init", False)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a valid recipe: {exc}") from None
+
+
+def _parse_assignment(item: str) -> tuple[str, Any]:
+    if "=" not in str(item):
+        raise ValueError(f"--set {item!r}: write section.name=value, e.g. fit.lr=1e-4 or weights.con=100")
+    key, _, text = str(item).partition("=")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = {"true": True, "false": False, "none": None}.get(text.lower(), text)
+    return key.strip(), value
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _short(mapping: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+                     for key, value in mapping.items()) or "(defaults)"
