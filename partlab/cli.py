@@ -416,6 +416,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _categories() -> tuple:
+    from partlab.data.synthetic import CATEGORIES
+
+    return tuple(CATEGORIES)
+
+
 def _amp(text: str):
     choices = {"fp16": "fp16", "bf16": "bf16", "off": False}
     if text not in choices:
@@ -424,7 +430,6 @@ def _amp(text: str):
 
 
 def _add_train_parser(sub) -> None:
-    from partlab.data.synthetic import CATEGORIES
     from partlab.methods.registry import REGISTRY
 
     train = sub.add_parser("train", help="train a method on the synthetic world into a run folder",
@@ -438,7 +443,7 @@ def _add_train_parser(sub) -> None:
     train.add_argument("--allow-random-init", action="store_true",
                        help="run a recipe that starts from ImageNet weights without them (random backbone, "
                             "offline stand-in features); recorded in the run folder")
-    train.add_argument("--category", choices=list(CATEGORIES), help="data.category")
+    train.add_argument("--category", choices=list(_categories()), help="data.category")
     train.add_argument("--size", type=_positive_int, help="data.size: image size in pixels")
     train.add_argument("--n-train", type=_positive_int, help="data.n_train: number of training images")
     train.add_argument("--features", choices=FEATURE_CHOICES, help="data.features: the semantic features")
@@ -466,7 +471,7 @@ def _add_evaluate_parser(sub) -> None:
     evaluate.add_argument("--run-mask", action="append", choices=("own", "true"), metavar="MASK",
                           help="own (default): the method finds the object; true: its parts are scored inside the "
                                "true foreground (contrastive runs; the paper's protocol). Repeatable")
-    evaluate.add_argument("--category", help="default: the runs' category, else bird")
+    evaluate.add_argument("--category", choices=list(_categories()), help="default: the runs' category, else bird")
     evaluate.add_argument("--size", type=_positive_int, help="default: the runs' size, else 64")
     evaluate.add_argument("--n-test", type=_positive_int, default=200)
     evaluate.add_argument("--n-train", type=_positive_int, default=200, help="train images for landmark regression")
@@ -490,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="device, features and data partlab will use here")
     render = sub.add_parser("render", help="draw synthetic samples with part overlays to a PNG")
     render.add_argument("output", help="PNG file to write")
-    render.add_argument("--category", default="bird")
+    render.add_argument("--category", choices=list(_categories()), default="bird")
     render.add_argument("-n", type=_int_in(1, 64), default=8, help="number of samples (1 to 64)")
     render.add_argument("--size", type=_positive_int, default=64)
     render.add_argument("--seed", type=int, default=0)
