@@ -161,10 +161,12 @@ class Recipe:
 
     def to_dict(self) -> dict:
         """The recipe as JSON values (what ``recipe.json`` holds)."""
+        from partlab.methods.runs import jsonable
+
         fit = self.fit.to_dict()
         fit["betas"] = list(fit["betas"])
         return {"format": RECIPE_FORMAT, "method": self.method, "name": self.name, "weights": dict(self.weights),
-                "model": _jsonable(self.model), "data": dataclasses.asdict(self.data), "fit": fit,
+                "model": jsonable(self.model), "data": dataclasses.asdict(self.data), "fit": fit,
                 "imagenet": self.imagenet, "allow_random_init": self.allow_random_init}
 
     def save(self, folder: Union[str, os.PathLike]) -> Path:
@@ -299,14 +301,6 @@ def _as_bool(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
     raise ValueError(f"{name} must be true or false, got {value!r}")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _short(mapping: Mapping[str, Any]) -> str:

@@ -312,7 +312,9 @@ def setup(recipe, device: str = "auto", run_dir=None):
 
         path = None if run_dir is None else Path(run_dir) / "saliency_rbd.pt"
         extras["saliency"] = lambda dataset: cached_saliency(dataset, "rbd", path=path)
-    weights = {f"lambda_{term}": value for term, value in recipe.weights.items()}
+    from partlab.methods.registry import method_of
+
+    weights = method_of(ContrastiveParts).weight_kwargs(recipe.weights)                       # {"lambda_<term>": value}
     return quick_setup(ContrastiveParts, data.category, size=data.size, n_train=data.n_train, seed=recipe.fit.seed,
                        features=data.features, device=device, num_parts=num_parts, network=network,
                        feature_size=None, quick_weights={}, quick_fit={}, extras=extras,

@@ -413,7 +413,9 @@ def setup(recipe, device: str = "auto", run_dir=None):
     data, settings = recipe.data, dict(recipe.model)
     network, num_parts = settings.pop("network", "unet"), settings.pop("num_parts", None)
     saliency = settings.pop("saliency", "rbd")
-    weights = {f"lambda_{term}": value for term, value in recipe.weights.items()}
+    from partlab.methods.registry import method_of
+
+    weights = method_of(SCOPS).weight_kwargs(recipe.weights)                       # {"lambda_<term>": value}
     if data.cache:
         if saliency not in ("rbd", "oracle", "none"):
             raise ValueError(f"model.saliency={saliency!r}; with data.cache choose 'rbd', 'oracle' or 'none'")
