@@ -199,9 +199,36 @@ def test_semantic_consistency_gradcheck_and_degenerate():
     assert torch.isfinite(value) and torch.isfinite(zeros.grad).all() and torch.isfinite(basis.grad).all()
 
 
+def test_semantic_consistency_upsamples_low_resolution_features_exactly():
+    # (B, C, h, w) smaller than the parts: the same value and gradients as upsampling first
+    # (bilinear, align_corners=False), on the fast non-negative path and the fallback for signed features
+    import torch.nn.functional as F
+
+    for b, k, c, size, low, sign in ((2, 3, 5, (9, 7), (4, 3), 1.0), (1, 1, 4, (8, 8), (5, 5), 1.0),
+                                     (2, 2, 3, (6, 6), (3, 3), -1.0)):
+        logits = torch.randn(b, k + 1, *size, dtype=torch.float64, generator=_gen(40)).requires_grad_()
+        basis = torch.randn(k, c, dtype=torch.float64, generator=_gen(41)).requires_grad_()
+        low_res = torch.rand(b, c, *low, dtype=torch.float64, generator=_gen(42)) - (0.5 if sign < 0 else 0.0)
+        saliency = torch.rand(b, 1, *size, dtype=torch.float64, generator=_gen(43))
+        upsampled = F.interpolate(low_res, size=size, mode="bilinear", align_corners=False)
+        for d in (saliency, None):
+            want = semantic_consistency_loss(logits.softmax(1)[:, 1:], upsampled, basis, d)
+            got = semantic_consistency_loss(logits.softmax(1)[:, 1:], low_res, basis, d)
+            assert got.item() == pytest.approx(want.item(), rel=1e-10)
+            for g_want, g_got in zip(torch.autograd.grad(want, (logits, basis)), torch.autograd.grad(got, (logits, basis))):
+                assert torch.allclose(g_got, g_want, rtol=1e-8, atol=1e-12)
+    # exact features at low resolution still give 0 (up to the expansion's rounding)
+    parts = F.interpolate(torch.rand(1, 2, 3, 3, generator=_gen(44)), size=(6, 6), mode="bilinear", align_corners=False)
+    basis = torch.rand(2, 4, generator=_gen(45))
+    exact = torch.einsum("bkhw,kc->bchw", torch.rand(1, 2, 3, 3, generator=_gen(44)), basis)
+    assert semantic_consistency_loss(parts, exact, basis).item() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_semantic_consistency_checks():
     with pytest.raises(ValueError, match="features"):
         semantic_consistency_loss(torch.rand(1, 2, 4, 4), torch.rand(1, 3, 8, 8), torch.rand(2, 3))
+    with pytest.raises(ValueError, match="smaller"):
+        semantic_consistency_loss(torch.rand(1, 2, 4, 4), torch.rand(1, 3, 4, 2), torch.rand(2, 3))
     with pytest.raises(ValueError, match=r"basis must have shape \(K, C\) = \(2, 3\)"):
         semantic_consistency_loss(torch.rand(1, 2, 4, 4), torch.rand(1, 3, 4, 4), torch.rand(3, 3))
     with pytest.raises(ValueError, match="saliency"):

@@ -226,8 +226,11 @@ class FrozenFeatures:
         extractor = getattr(self, "_extractor", ())
         return extractor[0] if extractor else None
 
-    def _features(self, batch: dict, images: torch.Tensor, size: tuple, purpose: str) -> torch.Tensor:
-        """``V`` ``(B, C, H, W)`` at ``size``, float32, no gradient; ``purpose`` names the loss in errors."""
+    def _features(self, batch: dict, images: torch.Tensor, size: tuple, purpose: str,
+                  upsample: bool = True) -> torch.Tensor:
+        """``V`` ``(B, C, H, W)`` at ``size``, float32, no gradient; ``purpose`` names the loss in errors.
+        ``upsample=False``: at their own resolution when it is below ``size`` (the loss upsamples them
+        itself, e.g. :func:`partlab.losses.semantic_consistency_loss`), else at ``size``."""
         import torch.nn.functional as F
 
         extractor = self.extractor
@@ -239,7 +242,8 @@ class FrozenFeatures:
                 with precision.autocast(where, self.amp_dtype):
                     maps = extractor(images.detach().to(where), layers=list(self.feature_layers))
                 maps = {name: value.float() for name, value in maps.items()}
-                return upsample_concat(maps, self.feature_layers, size).to(images.device)
+                features = upsample_concat(maps, self.feature_layers, None if not upsample else size)
+                return self._at_most(features, size, upsample).to(images.device)
         name = type(self).__name__
         if "features" not in batch:
             raise KeyError(
@@ -255,10 +259,17 @@ class FrozenFeatures:
         if self.feature_channels is not None and features.shape[1] != self.feature_channels:
             raise ValueError(f"batch['features'] has {features.shape[1]} channels but the {name} was built for "
                              f"feature_channels={self.feature_channels}")
-        features = features.to(images.device, torch.float32)
-        if tuple(features.shape[-2:]) != tuple(size):
-            features = F.interpolate(features, size=tuple(size), mode="bilinear", align_corners=False)
-        return features                                                                 # (B, C, H, W)
+        return self._at_most(features.to(images.device, torch.float32), size, upsample)   # (B, C, H, W)
+
+    @staticmethod
+    def _at_most(features: torch.Tensor, size: tuple, upsample: bool) -> torch.Tensor:
+        """``features`` resized to ``size``, or kept when smaller and ``upsample`` is False."""
+        import torch.nn.functional as F
+
+        h, w = features.shape[-2:]
+        if (h, w) == tuple(size) or (not upsample and h < size[0] and w < size[1]):
+            return features
+        return F.interpolate(features, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def quick_setup(cls, category: str, *, size: int, n_train: int, seed: int, features, device, num_parts,

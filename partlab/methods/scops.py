@@ -260,7 +260,8 @@ class SCOPS(FrozenFeatures, PartSegmenter):
                 terms["lmeqv"] = equivariance_center_loss(logits_t, logits, warp, eps=self.eps)
 
         if w["sc"] > 0:                                                                # Eq. (4)
-            features = self._features(batch, images, size, "the semantic consistency loss")  # (B, C, H, W)
+            features = self._features(batch, images, size, "the semantic consistency loss",
+                                      upsample=False)                                   # (B, C, h <= H, w <= W)
             saliency = self._saliency(batch, images, size)                               # (B, 1, H, W)
             terms["sc"] = semantic_consistency_loss(parts, features, self.basis.float(), saliency)
 
