@@ -35,8 +35,10 @@ browser:
 	fi
 
 ## test: unit tests + a papermill run of every notebook in quick mode + the widgets in headless Chromium
+## (TEST_WORKERS pytest processes of one thread each: 2 suits 2 cores; more cores, more workers)
+TEST_WORKERS ?= 2
 test: setup browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ## lab: JupyterLab on the notebooks
 lab: setup

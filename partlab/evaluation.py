@@ -341,3 +341,143 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
         per_seed[int(seed)], _ = score_model(model, train_eval, test, category=data.category, device=device,
                                              mask=mask)
     return summarize_seeds(per_seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark every training notebook runs: the method(s) against K-means, DFF and the oracle
+# ---------------------------------------------------------------------------------------------
+
+HEADLINE_METRICS = ("fg_ari", "landmark_error")
+FIGURE_METRICS = ("fg_ari", "fg_nmi", "kp_fg_ari", "miou", "fg_iou", "landmark_error")
+
+
+class Benchmark:
+    """What :func:`benchmark` returns: ``results`` (one row of metrics per model, baseline and the oracle,
+    in that order), ``predictions`` (the test predictions of each row), and which rows are the methods
+    (``methods``; the first is the headline), the ``baselines`` and the ``oracle`` (its row name or None)."""
+
+    def __init__(self, results, predictions, methods, baselines, oracle=None):
+        self.results: Dict[str, Dict[str, float]] = dict(results)
+        self.predictions: Dict[str, Dict[str, torch.Tensor]] = dict(predictions)
+        self.methods, self.baselines, self.oracle = list(methods), list(baselines), oracle
+
+    @property
+    def method(self) -> str:
+        """The headline row: the first model given to :func:`benchmark`."""
+        return self.methods[0]
+
+    def table(self, columns: Sequence[str] = BENCHMARK_METRICS) -> str:
+        return format_table(self.results, columns)
+
+    def margins(self, method: Optional[str] = None, metrics: Sequence[str] = HEADLINE_METRICS) -> Dict[str, float]:
+        """:func:`margins` of ``method`` (default: the headline) over every baseline: > 0 where it is better."""
+        return margins(self.results, method or self.method, self.baselines, metrics)
+
+    def wins(self, method: Optional[str] = None, metrics: Sequence[str] = HEADLINE_METRICS) -> Dict[str, list]:
+        """``{baseline: [metrics on which method beats it]}``."""
+        margin = self.margins(method, metrics)
+        return {b: [m for m in metrics if margin[f"{b}.{m}"] > 0] for b in self.baselines}
+
+    def verdict(self, method: Optional[str] = None, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
+        """One line per baseline: ``"scops vs kmeans (rbd): better on ['landmark_error'] of fg_ari, landmark_error"``."""
+        name = method or self.method
+        return "\n".join(f"{name} vs {b}: better on {won or 'neither'} of {', '.join(metrics)}"
+                         for b, won in self.wins(name, metrics).items())
+
+    def summary(self, method: Optional[str] = None, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
+        """The headline in numbers: the method's value of each metric next to the best baseline's and the
+        oracle's, with the gap to the oracle (how far self-supervision is from the upper bound)."""
+        name = method or self.method
+        lines = []
+        for metric in metrics:
+            arrow = "higher" if HIGHER_IS_BETTER.get(metric, True) else "lower"
+            value = self.results[name][metric]
+            parts = [f"{metric} ({arrow} is better): {name} {value:.3f}"]
+            if self.baselines:
+                best = rank(self.results, metric, self.baselines)[0]
+                parts.append(f"best baseline {best} {self.results[best][metric]:.3f}")
+            if self.oracle:
+                parts.append(f"oracle {self.results[self.oracle][metric]:.3f}")
+            lines.append(", ".join(parts))
+        return "\n".join(lines)
+
+    def headline(self, method: Optional[str] = None, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
+        """One line for the curriculum's summary table: each metric of ``method`` (default: the headline)
+        against the best baseline and the oracle, e.g. ``"scops: fg_ari 0.240 vs 0.198 kmeans (rbd), oracle
+        0.428; landmark_error↓ 0.195 vs 0.214 dff (rbd), oracle 0.099"``."""
+        name = method or self.method
+        parts = []
+        for metric in metrics:
+            text = f"{metric}{'' if HIGHER_IS_BETTER.get(metric, True) else '↓'} {self.results[name][metric]:.3f}"
+            if self.baselines:
+                best = rank(self.results, metric, self.baselines)[0]
+                text += f" vs {self.results[best][metric]:.3f} {best}"
+            if self.oracle:
+                text += f", oracle {self.results[self.oracle][metric]:.3f}"
+            parts.append(text)
+        return f"{name}: " + "; ".join(parts)
+
+    def flat(self) -> Dict[str, float]:
+        """``{"<row>.<metric>": value}`` and ``{"margin.<baseline>.<metric>": margin}`` of the headline, for
+        :func:`partlab.notebooks.write_metrics`."""
+        out = {f"{row}.{metric}": value for row, scores in self.results.items() for metric, value in scores.items()}
+        out.update({f"margin.{key}": value for key, value in self.margins().items()} if self.baselines else {})
+        return out
+
+
+def benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor], *,
+              category: Optional[str] = None, num_parts: Optional[int] = None,
+              baselines: Sequence[str] = BASELINES, masks: Sequence[str] = ("rbd",), features: str = "auto",
+              kmeans: str = "partlab", oracle_steps: Optional[int] = None, n_train: int = 256, size: Optional[int] = None,
+              seed: int = 0, device="auto", progress: Optional[bool] = None) -> Benchmark:
+    """Score trained models, the K-means and DFF baselines and (optionally) the supervised oracle on one
+    benchmark split: the cells every training notebook shares.
+
+    Args:
+        models: ``{name: model}`` (scored with its own foreground, ``mask="own"``) or
+            ``{name: (model, mask)}`` with ``mask`` ``"own"`` or ``"true"`` (:func:`score_model`); one
+            model alone is named after its registry entry.
+        train, test: :func:`benchmark_splits` (landmark regressors are fitted on ``train``).
+        baselines, masks: every baseline (:data:`partlab.baselines.BASELINES`) on every mask (``"true"``,
+            ``"rbd"``, ``"none"``; :func:`score_baselines`), rows named ``"kmeans (rbd)"``; ``()`` for none.
+        kmeans: the K-means protocol (``"partlab"`` or ``"appendix"``, :data:`partlab.baselines.KMEANS_PROTOCOLS`).
+        oracle_steps: train the supervised oracle (its quick recipe on ``n_train`` images of ``category`` at
+            ``size``, seed ``seed``) for this many steps and add its row ``"oracle"``; None: no oracle.
+
+    Returns:
+        a :class:`Benchmark`.
+    """
+    if not isinstance(models, Mapping):
+        from partlab.methods.registry import method_of
+
+        models = {method_of(type(models)).name: models}
+    if not models:
+        raise ValueError("benchmark needs at least one model")
+    category = category or "bird"
+    results: Dict[str, Dict[str, float]] = {}
+    predictions: Dict[str, Dict[str, torch.Tensor]] = {}
+    for name, entry in models.items():
+        model, mask = entry if isinstance(entry, tuple) else (entry, "own")
+        results[name], predictions[name] = score_model(model, train, test, category=category, device=device, mask=mask)
+        num_parts = num_parts or getattr(model, "num_parts", None)
+    rows = []
+    if baselines and masks:
+        scores, preds = score_baselines(train, test, names=baselines, masks=masks, category=category,
+                                        num_parts=num_parts, features=features, device=device, seed=seed,
+                                        kmeans=kmeans)
+        results.update(scores)
+        predictions.update(preds)
+        rows = list(scores)
+    oracle = None
+    if oracle_steps:
+        from partlab.methods.registry import get_recipe
+        from partlab.train import fit
+
+        recipe = get_recipe("oracle", "quick").override({
+            "data.category": category, "data.size": int(size or test["image"].shape[-1]), "data.n_train": n_train,
+            "fit.seed": seed, "fit.max_steps": int(oracle_steps)})
+        model, dataset, info = recipe.build(device=device)
+        fit(model, dataset, **(info["fit"] if progress is None else dict(info["fit"], progress=progress)))
+        oracle = "oracle"
+        results[oracle], predictions[oracle] = score_model(model, train, test, category=category, device=device)
+    return Benchmark(results, predictions, list(models), rows, oracle)

@@ -295,6 +295,28 @@ def part_legend(ax, names: Sequence[str], loc: str = "upper right") -> None:
     ax.legend(handles=handles, loc=loc, fontsize=7, frameon=True)
 
 
+def benchmark_figure(bench, metrics: Optional[Sequence[str]] = None, *, title: str = "", ax=None):
+    """The benchmark's bar chart: one group per metric, one bar per row (the methods, the baselines, the
+    oracle), arrows saying which way is better, and the headline method's bars outlined.
+
+    ``bench``: a :class:`partlab.evaluation.Benchmark` or its ``results`` mapping; ``metrics`` default to
+    :data:`partlab.evaluation.FIGURE_METRICS`.
+    """
+    from partlab.evaluation import FIGURE_METRICS, HIGHER_IS_BETTER
+
+    results = getattr(bench, "results", bench)
+    metrics = list(FIGURE_METRICS if metrics is None else metrics)
+    fig = bar_chart(results, metrics, higher_is_better=HIGHER_IS_BETTER, title=title, ax=ax)
+    headline = getattr(bench, "method", None)
+    if headline is not None:
+        axis = ax if ax is not None else fig.axes[0]
+        index = list(results).index(headline)
+        for patch in axis.containers[index]:
+            patch.set_edgecolor("black")
+            patch.set_linewidth(1.2)
+    return fig
+
+
 def bar_chart(results: Mapping[str, Mapping[str, float]], metrics: Sequence[str], *, title: str = "",
               higher_is_better: Optional[Mapping[str, bool]] = None, ax=None):
     """Grouped bars: one group per metric, one bar per row of ``results`` (e.g. ablation variants).

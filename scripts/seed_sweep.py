@@ -2,6 +2,7 @@
 
     python scripts/seed_sweep.py scops --seeds 0 1 2 3 4 --set fit.max_steps=400 --set data.n_train=256
     python scripts/seed_sweep.py contrastive --seeds 0 1 2 3 4 --mask true --json outputs/sweep_contrastive.json
+    python scripts/seed_sweep.py contrastive --mask true --set model.num_parts=4 --columns kp_fg_nmi kp_fg_ari nmi ari
 
 Every seed is scored on the same synthetic test images (:func:`partlab.evaluation.seed_sweep`); the
 per-seed rows and the mean +- std row are printed as a Markdown table.
@@ -29,6 +30,9 @@ def main() -> None:
     parser.add_argument("--mask", choices=("own", "true"), default="own")
     parser.add_argument("--n-eval", type=int, default=150)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--columns", nargs="+", default=list(COLUMNS), choices=list(evaluation.BENCHMARK_METRICS),
+                        help="metrics in the table (all are in --json); the appendix's Tables 1-2: "
+                             "kp_fg_nmi kp_fg_ari nmi ari")
     parser.add_argument("--json", help="also write the sweep to this file")
     args = parser.parse_args()
 
@@ -38,11 +42,12 @@ def main() -> None:
     minutes = (time.perf_counter() - start) / 60
     print(f"{args.method} ({args.recipe} recipe, {' '.join(args.set) or 'as is'}), mask {args.mask}, "
           f"{len(args.seeds)} seeds, {args.n_eval} test images, {minutes:.1f} min")
-    print("| seed | " + " | ".join(COLUMNS) + " |")
-    print("| --- " * (len(COLUMNS) + 1) + "|")
+    columns = args.columns
+    print("| seed | " + " | ".join(columns) + " |")
+    print("| --- " * (len(columns) + 1) + "|")
     for seed, scores in sweep["per_seed"].items():
-        print(f"| {seed} | " + " | ".join(f"{scores[c]:.3f}" for c in COLUMNS) + " |")
-    print("| mean ± std | " + " | ".join(sweep.format(c) for c in COLUMNS) + " |")
+        print(f"| {seed} | " + " | ".join(f"{scores[c]:.3f}" for c in columns) + " |")
+    print("| mean ± std | " + " | ".join(sweep.format(c) for c in columns) + " |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(sweep, indent=2) + "\n")

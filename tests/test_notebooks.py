@@ -17,6 +17,7 @@ from partlab import notebooks as nbs
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = nbs.list_notebooks(ROOT / "notebooks")
 BASELINES = json.loads((ROOT / "tests" / "baselines" / "quick.json").read_text())
+MAX_CELL_LINES = 15
 
 
 def test_there_is_a_curriculum():
@@ -42,8 +43,26 @@ def test_contract(path):
     assert nb.metadata.get("kernelspec", {}).get("name") == nbs.KERNEL_NAME
     assert "write_metrics" in code[-1].source, "the last cell must write the metrics JSON"
     assert path.stem in BASELINES, f"tests/baselines/quick.json has no entry for {path.stem}"
-    long_cells = [c.source.count("\n") + 1 for c in code if c.source.count("\n") + 1 > 25]
-    assert not long_cells, f"cells of {long_cells} lines: move the code into partlab"
+    long_cells = [c.source.count("\n") + 1 for c in code if c.source.count("\n") + 1 > MAX_CELL_LINES]
+    assert not long_cells, f"cells of {long_cells} lines (at most {MAX_CELL_LINES}): move the code into partlab"
+
+
+TRAINING = [p for p in NOTEBOOKS if "partlab.notebooks import setup" in p.read_text()]
+
+
+def test_training_notebooks_share_the_skeleton():
+    """DESIGN.md: one setup call, the shared benchmark call and figure, a closing cell in numbers."""
+    assert {p.stem for p in TRAINING} >= {"05_train_scops", "06_scops_ablation", "08_contrastive_parts",
+                                          "09_contrastive_ablation"}
+    for path in TRAINING:
+        nb = nbformat.read(str(path), as_version=4)
+        source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        assert source.count("setup(") == 1, f"{path.stem}: one setup call"
+        assert ".benchmark(" in source and "viz.benchmark_figure(" in source, f"{path.stem}: the shared benchmark"
+        assert "score_baselines(" not in source and "oracle_quick_setup" not in source, path.stem
+        closing = [c for c in nb.cells if c.cell_type == "markdown"][-1]
+        assert "What you should have seen" in closing.source, f"{path.stem}: no closing summary"
+        assert "print(" in nb.cells[-1].source, f"{path.stem}: the closing cell prints the numbers"
 
 
 @pytest.mark.notebook

@@ -27,6 +27,19 @@ def test_write_metrics_refuses_nan(tmp_path):
         nbs.write_metrics({"z": float("nan")}, tmp_path / "b.json")
 
 
+def test_the_summary_table_shows_each_notebooks_headline(tmp_path):
+    path = nbs.write_metrics({"scops.fg_ari": 0.24}, tmp_path / "a.json",
+                             headline="scops: fg_ari 0.240 vs 0.198 kmeans (rbd);\n  landmark_error↓ 0.195")
+    metrics = json.loads(path.read_text())
+    assert metrics["headline"] == "scops: fg_ari 0.240 vs 0.198 kmeans (rbd); landmark_error↓ 0.195"   # one line
+    with_headline = nbs.NotebookResult("05_train_scops", "ok", 12.0, metrics, [], path)
+    without = nbs.NotebookResult("02_x", "ok", 1.0, {"b": 2.0, "a": 1.0}, [], path)
+    table = nbs.summary_table([with_headline, without]).splitlines()
+    assert table[0].split() == ["notebook", "status", "seconds", "headline"]
+    assert table[2].endswith("scops: fg_ari 0.240 vs 0.198 kmeans (rbd); landmark_error↓ 0.195")
+    assert table[3].endswith("b=2, a=1")                                  # no headline: the first metrics
+
+
 def test_parse_value():
     assert parse_value("3") == 3 and parse_value("true") is True and parse_value("cpu") == "cpu"
 

@@ -220,6 +220,7 @@ def _file_tag(path: Path) -> str:
 
 
 _CACHE: Dict[tuple, FeatureExtractor] = {}
+_ANNOUNCED: set = set()                                 # the 'auto' choices already printed
 
 
 def get_extractor(features: str = "auto", device: "str | torch.device" = "auto", verbose: bool = True) -> FeatureExtractor:
@@ -231,7 +232,7 @@ def get_extractor(features: str = "auto", device: "str | torch.device" = "auto",
             ``"auto"`` (vgg19 when its weights are cached, else standin; the choice is printed),
             ``"rgb"`` (raw pixels, a reference).
         device: ``"auto"`` (cuda, mps, cpu) or an explicit device.
-        verbose: print the one-line choice when ``features="auto"`` (it is always logged).
+        verbose: print the one-line choice when ``features="auto"``, once per process (it is always logged).
 
     Returns:
         a frozen :class:`FeatureExtractor` (instances are cached per name and device).
@@ -253,7 +254,8 @@ def get_extractor(features: str = "auto", device: "str | torch.device" = "auto",
         extractor = get_extractor(chosen, dev, verbose=False)
         message = f"partlab.features: features='auto' -> {chosen} ({why}): {extractor.description}"
         logger.info(message)
-        if verbose:
+        if verbose and message not in _ANNOUNCED:          # printed once per process, not per call
+            _ANNOUNCED.add(message)
             print(message, file=sys.stdout)
         return extractor
     key = (features, str(dev))
@@ -285,5 +287,7 @@ def extractor_on(extractor: FeatureExtractor, device: "str | torch.device") -> F
 
 
 def clear_cache() -> None:
-    """Forget the extractors built by :func:`get_extractor` (tests; after changing TORCH_HOME)."""
+    """Forget the extractors built by :func:`get_extractor` and the choices it printed (tests; after changing
+    TORCH_HOME)."""
     _CACHE.clear()
+    _ANNOUNCED.clear()

@@ -166,7 +166,8 @@ def train_variants(method: str, variants: Union[Sequence[str], Mapping[str, Mapp
     Args:
         method: a registry name (``"scops"``, ``"contrastive"``, ...).
         variants: names of the method's ablations (e.g. ``["full", "no_sc"]``) or
-            ``{name: overrides}`` keyed by term name for weights (``{"con": 0}``) or by setting name.
+            ``{name: overrides}`` keyed by term name for weights (``{"con": 0}``) or by setting name
+            (``{"num_parts": 4}``: K; the cached features serve every K).
         train, info: from the method's setup (its cached features and maps are reused, so every variant
             sees the same data, seed and network initialisation); ``info["model_kwargs"]`` and
             ``info["fit"]`` are read.
@@ -189,7 +190,9 @@ def train_variants(method: str, variants: Union[Sequence[str], Mapping[str, Mapp
         config["progress"] = progress
     models = {}
     for name, changes in overrides.items():
+        changes = dict(changes)
+        num_parts = int(changes.pop("num_parts", info["num_parts"]))          # {"num_parts": 4}: a K study
         torch.manual_seed(config.get("seed", 0))
-        model = entry.cls(info["num_parts"], **dict(info["model_kwargs"], **changes))
+        model = entry.cls(num_parts, **dict(info["model_kwargs"], **changes))
         models[name] = fit(model, train, **config)
     return models

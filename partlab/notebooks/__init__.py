@@ -95,10 +95,17 @@ def _finite(value: Any, key: str) -> Any:
     return value
 
 
-def write_metrics(metrics: Mapping[str, Any], path: "str | Path") -> Path:
-    """Write a notebook's metrics as JSON (folders created). NaN or infinite values raise ``ValueError``."""
+HEADLINE = "headline"
+
+
+def write_metrics(metrics: Mapping[str, Any], path: "str | Path", headline: Optional[str] = None) -> Path:
+    """Write a notebook's metrics as JSON (folders created). NaN or infinite values raise ``ValueError``.
+    ``headline``: one line, the notebook's result in words and numbers (e.g. the method against its best
+    baseline, :meth:`partlab.evaluation.Benchmark.headline`), shown by the curriculum's summary table."""
     path = Path(path)
     clean = {str(k): _finite(v, str(k)) for k, v in metrics.items()}
+    if headline is not None:
+        clean[HEADLINE] = " ".join(str(headline).split())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(clean, indent=2, sort_keys=True))
@@ -189,7 +196,8 @@ def run_notebook(path: "str | Path", output_dir: "str | Path" = "outputs", *, qu
     status, problems, metrics = "ok", [], {}
     try:
         pm.execute_notebook(str(path), str(executed), parameters=params, kernel_name=KERNEL_NAME,
-                            cwd=str(path.parent), progress_bar=False, log_output=False)
+                            cwd=str(path.parent), progress_bar=False, log_output=False,
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no kernel start-up warnings
     except pm.PapermillExecutionError as exc:
         status = "failed"
         problems.append(f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}")
@@ -221,6 +229,8 @@ def export_html(notebook: "str | Path", target: "str | Path") -> Path:
 
 
 def _short(metrics: Mapping[str, Any], n: int = 4) -> str:
+    if isinstance(metrics.get(HEADLINE), str):
+        return metrics[HEADLINE]
     flat = flatten(metrics)
     keys = list(flat)[:n]
     parts = []
@@ -232,8 +242,8 @@ def _short(metrics: Mapping[str, Any], n: int = 4) -> str:
 
 
 def summary_table(results: Sequence[NotebookResult]) -> str:
-    """A plain-text table: notebook, status, seconds, key metrics."""
-    rows = [("notebook", "status", "seconds", "key metrics")]
+    """A plain-text table: notebook, status, seconds, and its headline (else its first metrics)."""
+    rows = [("notebook", "status", "seconds", "headline")]
     rows += [(r.name, r.status, f"{r.seconds:.1f}", _short(r.metrics)) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = []
@@ -270,3 +280,6 @@ def run_curriculum(*, quick: bool = True, only: Optional[Iterable[str]] = None,
     echo(f"\nexecuted notebooks, figures and metrics are in {out.resolve()}"
          + (f" (HTML in {out.resolve() / 'html'})" if html else ""))
     return results
+
+
+from partlab.notebooks.session import Session, setup, training_summary  # noqa: E402  (the notebooks' setup call)

@@ -1,0 +1,159 @@
+"""The setup every training notebook shares: one call builds the method from its recipe and says what is used.
+
+>>> s = setup("scops", n_train=8, n_eval=4, steps=2, echo=False)          # doctest: +SKIP
+>>> s.fit(); bench = s.benchmark(oracle_steps=2)                          # doctest: +SKIP
+
+:func:`setup` checks the dataset parameter, seeds everything, builds the method's quick recipe
+(:mod:`partlab.recipes`; ``quick=False``: the same recipe on more images for longer), draws the
+benchmark split, and prints the device, the data, the recipe and the features. The
+:class:`Session` it returns trains (:meth:`Session.fit`, :meth:`Session.train_variants`) and scores
+(:meth:`Session.benchmark`, :func:`partlab.evaluation.benchmark`) with those settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+#: notebook sizes: (training images, benchmark images per split, training steps); ``None`` keeps the recipe's
+QUICK_SIZES = {"n_train": None, "n_eval": 150, "steps": None}
+FULL_SIZES = {"n_train": 2048, "n_eval": 500, "steps": 4000}
+
+
+@dataclasses.dataclass
+class Session:
+    """A training notebook's state: the method, its recipe, the model (untrained until :meth:`fit`), the
+    training set, the setup's ``info`` and the benchmark split (``train_eval``: landmark regressors are
+    fitted on it; ``test``: every score)."""
+
+    method: str
+    recipe: Any
+    model: Any
+    train_set: Any
+    info: dict
+    train_eval: dict
+    test: dict
+    device: str
+    quick: bool
+
+    @property
+    def category(self) -> str:
+        return self.recipe.data.category
+
+    @property
+    def size(self) -> int:
+        return self.recipe.data.size
+
+    @property
+    def n_train(self) -> int:
+        return self.recipe.data.n_train
+
+    @property
+    def steps(self) -> int:
+        return self.recipe.fit.max_steps
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.fit.seed
+
+    @property
+    def num_parts(self) -> int:
+        return self.info["num_parts"]
+
+    @property
+    def features(self) -> str:
+        """The feature extractor's name (``"standin"``, ``"vgg19"``, ...)."""
+        return str(self.info.get("features", "none")).split(":")[0]
+
+    def fit(self, model=None, **overrides: Any):
+        """Train ``model`` (default: the session's) with the recipe's settings (``overrides`` change them,
+        e.g. ``max_steps=``); returns the model, its ``history`` filled."""
+        from partlab.train import fit
+
+        return fit(self.model if model is None else model, self.train_set, **dict(self.info["fit"], **overrides))
+
+    def train_variants(self, variants, **overrides: Any) -> dict:
+        """:func:`partlab.methods.registry.train_variants` of this method on this training set (same data,
+        seed and initialisation for every variant) for the session's steps."""
+        from partlab.methods.registry import train_variants
+
+        return train_variants(self.method, variants, self.train_set, self.info, **overrides)
+
+    def benchmark(self, models=None, **kwargs: Any):
+        """:func:`partlab.evaluation.benchmark` on this session's split, category, K, features, seed and
+        device; ``models`` defaults to ``{method: model}``. ``oracle_steps=`` adds the supervised oracle
+        (trained on as many images as the method)."""
+        from partlab.evaluation import benchmark
+
+        models = {self.method: self.model} if models is None else models
+        settings = dict(category=self.category, num_parts=self.num_parts, features=self.recipe.data.features,
+                        n_train=self.n_train, size=self.size, seed=self.seed, device=self.device)
+        return benchmark(models, self.train_eval, self.test, **dict(settings, **kwargs))
+
+    def describe(self) -> str:
+        d = self.recipe.data
+        lines = [f"device: {self.info['device']}",
+                 f"data: partlab synthetic world, category={d.category}, {d.size}px, {d.n_train} training images, "
+                 f"seed={self.seed}; benchmark split {len(self.train_eval['image'])} + {len(self.test['image'])} images",
+                 self.recipe.describe()]
+        for key in ("features", "saliency", "foreground"):
+            if key in self.info:
+                lines.append(f"{key}: {self.info[key]}")
+        return "\n".join(lines)
+
+
+def setup(method: str, *, quick: bool = True, device: str = "auto", dataset: str = "synthetic", seed: int = 0,
+          category: str = "bird", features: Optional[str] = "auto", n_train: Optional[int] = None,
+          n_eval: Optional[int] = None, steps: Optional[int] = None, settings: Optional[Mapping[str, Any]] = None,
+          data_root=None, echo: bool = True) -> Session:
+    """A training notebook's first cell, in one call.
+
+    Args:
+        method: a registry name (``"scops"``, ``"contrastive"``, ``"oracle"``).
+        quick: the method's quick recipe (CPU, minutes); ``False``: the same recipe on 2048 images for
+            4000 steps, scored on 500 + 500 (:data:`FULL_SIZES`). The paper recipe is for
+            ``partlab train METHOD --recipe paper`` on a GPU.
+        device, seed, category, features: the notebook's parameters (``fit.seed``, ``data.category``,
+            ``data.features``).
+        dataset, data_root: the training notebooks run on the synthetic world; another dataset is refused
+            with one message (real datasets are scored with ``partlab evaluate``).
+        n_train, n_eval, steps: change the sizes.
+        settings: more recipe overrides by dotted key (``{"model.saliency": "none", "weights.con": 0}``).
+        echo: print what is used (:meth:`Session.describe`).
+    """
+    from partlab import utils
+    from partlab.evaluation import benchmark_splits
+    from partlab.methods.registry import get_method
+
+    if dataset != "synthetic":
+        raise ValueError(f"dataset={dataset!r}: the training notebooks train on the embedded synthetic world; "
+                         f"use dataset='synthetic' (real data: partlab train/evaluate)")
+    entry = get_method(method)
+    sizes = dict(QUICK_SIZES if quick else FULL_SIZES)
+    sizes.update({k: v for k, v in (("n_train", n_train), ("n_eval", n_eval), ("steps", steps)) if v is not None})
+    changes: dict = {"data.category": category, "fit.seed": int(seed)}
+    if features is not None and getattr(entry.cls, "feature_role", ""):
+        changes["data.features"] = features
+    if sizes["n_train"] is not None:
+        changes["data.n_train"] = int(sizes["n_train"])
+    if sizes["steps"] is not None:
+        changes["fit.max_steps"] = int(sizes["steps"])
+    recipe = entry.recipe("quick").override({**changes, **dict(settings or {})})
+    utils.seed_everything(int(seed))
+    model, train_set, info = recipe.build(device=device)
+    train_eval, test = benchmark_splits(recipe.data.category, size=recipe.data.size, n_train=sizes["n_eval"],
+                                        n_test=sizes["n_eval"], seed=int(seed))
+    session = Session(entry.name, recipe, model, train_set, info, train_eval, test, info["fit"]["device"], quick)
+    if echo:
+        print(session.describe())
+    return session
+
+
+def training_summary(model, terms=None) -> str:
+    """The weighted loss and each term at the first and the last record of ``model.history``."""
+    first, last = model.history[0], model.history[-1]
+    names = ["loss"] + [t for t in (terms or [k for k in last if k not in ("step", "loss")]) if t in last]
+    return ", ".join(f"{t} {first[t]:.3g} -> {last[t]:.3g}" for t in names)
+
+
+__all__ = ["FULL_SIZES", "QUICK_SIZES", "Session", "setup", "training_summary"]

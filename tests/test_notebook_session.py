@@ -1,0 +1,87 @@
+"""The notebook skeleton in the package: notebooks.setup, evaluation.benchmark, viz.benchmark_figure."""
+
+import math
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from partlab import evaluation, viz  # noqa: E402
+from partlab.methods.registry import REGISTRY  # noqa: E402
+from partlab.notebooks import setup, training_summary  # noqa: E402
+
+TINY = {"data.size": 32, "fit.batch_size": 4, "fit.progress": False, "fit.log_every": 1}
+
+
+def _session(method="scops", **kwargs):
+    settings = dict(TINY, **kwargs.pop("settings", {}))
+    return setup(method, n_train=8, n_eval=20, steps=2, features="rgb", settings=settings, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_setup_builds_every_method_and_says_what_it_uses(name, capsys):
+    s = _session(name, seed=3)
+    printed = capsys.readouterr().out
+    assert "device:" in printed and f"recipe {name}/quick" in printed and "20 + 20 images" in printed
+    assert (s.method, s.n_train, s.steps, s.seed, s.size) == (name, 8, 2, 3, 32)
+    assert s.test["image"].shape == (20, 3, 32, 32) and len(s.train_set) == 8
+    s.fit()
+    assert s.model.history[-1]["step"] == 2
+    assert "loss" in training_summary(s.model) and "->" in training_summary(s.model)
+
+
+def test_setup_refuses_other_datasets_and_applies_settings():
+    with pytest.raises(ValueError, match="dataset='cub'.*synthetic"):
+        setup("scops", dataset="cub", echo=False)
+    s = _session(settings={"model.saliency": "none", "weights.con": 0.0}, echo=False, category="face")
+    assert s.recipe.model["saliency"] == "none" and s.model.weights["con"] == 0.0 and s.category == "face"
+    assert s.num_parts == s.model.num_parts
+
+
+def test_benchmark_rows_margins_summary_and_figure():
+    s = _session(echo=False)
+    s.fit()
+    bench = s.benchmark(masks=("rbd", "true"), oracle_steps=2, progress=False)
+    assert list(bench.results) == ["scops", "kmeans (rbd)", "dff (rbd)", "kmeans (true)", "dff (true)", "oracle"]
+    assert bench.method == "scops" and bench.oracle == "oracle" and len(bench.baselines) == 4
+    margin = bench.margins()
+    r = bench.results
+    assert margin["kmeans (rbd).fg_ari"] == pytest.approx(r["scops"]["fg_ari"] - r["kmeans (rbd)"]["fg_ari"])
+    assert margin["dff (true).landmark_error"] == pytest.approx(r["dff (true)"]["landmark_error"]
+                                                                - r["scops"]["landmark_error"])
+    wins = bench.wins()
+    assert all(set(won) <= {"fg_ari", "landmark_error"} for won in wins.values())
+    assert bench.verdict().count("\n") == 3 and "scops vs kmeans (rbd): better on" in bench.verdict()
+    flat = bench.flat()
+    assert flat["oracle.fg_ari"] == r["oracle"]["fg_ari"] and "margin.dff (rbd).fg_ari" in flat
+    assert all(math.isfinite(v) for v in flat.values())
+    summary = bench.summary()
+    assert "fg_ari (higher is better): scops" in summary and "oracle" in summary and "best baseline" in summary
+    line = bench.headline()
+    assert line.startswith("scops: fg_ari ") and "landmark_error↓" in line and "oracle" in line and "\n" not in line
+    best = evaluation.rank(r, "fg_ari", bench.baselines)[0]
+    assert f"vs {r[best]['fg_ari']:.3f} {best}" in line
+    assert bench.predictions["scops"]["labels"].shape == (20, 32, 32)
+    fig = viz.benchmark_figure(bench, title="t")
+    outlined = [p for p in fig.axes[0].containers[0]]
+    assert len(outlined) == len(evaluation.FIGURE_METRICS) and all(p.get_linewidth() > 1 for p in outlined)
+    assert all(p.get_linewidth() <= 1 for p in fig.axes[0].containers[1])
+    viz.benchmark_figure(bench.results, ["fg_ari"])                 # a plain results mapping works too
+
+
+def test_benchmark_with_masks_per_model_and_without_baselines():
+    s = _session("contrastive", echo=False)
+    s.fit()
+    bench = s.benchmark({"a": (s.model, "true"), "b": (s.model, "own")}, baselines=())
+    assert list(bench.results) == ["a", "b"] and bench.baselines == [] and bench.oracle is None
+    assert "best baseline" not in bench.summary()
+    single = evaluation.benchmark(s.model, s.train_eval, s.test, baselines=(), category="bird")
+    assert list(single.results) == ["contrastive"]
+    with pytest.raises(ValueError, match="at least one model"):
+        evaluation.benchmark({}, s.train_eval, s.test)
+    # own mask vs true mask: FG metrics (argmax over the parts inside the true foreground) agree
+    assert bench.results["a"]["fg_ari"] == pytest.approx(bench.results["b"]["fg_ari"])
+    true_fg = s.test["fg"].reshape(bench.predictions["a"]["labels"].shape) > 0.5
+    assert torch.equal(bench.predictions["a"]["labels"] > 0, true_fg)      # "true": parts exactly inside the mask
