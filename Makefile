@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.partlab-installed
-PIPFLAGS ?= -q
+PIPFLAGS ?= -qq   # errors only (this machine's pip config warns about missing index folders); -v to see all
 
 .PHONY: setup browser demo test lab bench clean
 
