@@ -1,6 +1,6 @@
-"""Two training-free baselines on frozen CNN features: DFF (NMF) and K-means on foreground pixels.
+"""Training-free baselines: DFF (NMF) and K-means on frozen CNN features, and K-means on where a pixel is.
 
-Both return part maps in the methods' format, so every metric applies unchanged::
+All return part maps in the methods' format, so every metric applies unchanged::
 
     dict(probs=(N, K+1, H, W), labels=(N, H, W))   # channel / label 0 = background
 
@@ -34,8 +34,16 @@ Soft maps: ``probs[:, 0] = 1 - fg`` and ``probs[:, 1:] = fg * softmax(scores / t
 the K parts (scores = normalised DFF heatmaps, or cosine similarity to the K-means centroids), so
 probabilities sum to one over channels and ``labels`` equals the argmax inside the foreground.
 
+**Position** (:func:`position_parts`): K-means over the collection's foreground pixels on their
+position alone, no features: ``"object"`` coordinates (relative to each object's centroid, divided
+by its scale) give the parts a method gets for free by cutting every object into the same
+*regions*; a co-part method has to beat this floor on the pooled FG-ARI before its parts can be
+said to follow the object's anatomy. ``"xy"`` (raw image position) and ``"rgbxy"`` (colour and
+position, SLIC-like) are the weaker cousins.
+
 >>> feats = extract_features(get_extractor("standin"), images, layers="kmeans")   # doctest: +SKIP
 >>> out = kmeans_parts(feats, fg, num_parts=4)        # out["labels"]: (N, H, W) in 0..4   # doctest: +SKIP
+>>> out = position_parts(fg, num_parts=4)             # where on the object: no features   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -284,3 +292,89 @@ def kmeans_parts(features: torch.Tensor, fg: torch.Tensor, num_parts: int, seed:
         s = 2 * torch.einsum("nchw,kc->nkhw", f, centers) - (centers ** 2).sum(1)[None, :, None, None]
         scores.append(s)
     return _assemble(torch.cat(scores), fg_out, temperature)
+
+
+# ---------------------------------------------------------------------------------------------
+# position baselines: K-means on where a pixel is (and its colour), no features
+# ---------------------------------------------------------------------------------------------
+
+POSITION_COORDS = ("object", "xy", "rgbxy")
+
+
+def position_features(fg: torch.Tensor, coords: str = "object", images: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-pixel coordinates ``(N, C, H, W)`` that the position baselines cluster.
+
+    With ``p = (x, y)`` the pixel centre in normalised coordinates (DESIGN.md: [-1, 1],
+    :func:`partlab.geometry.pixel_grid`) and the foreground ``fg >= 0.5``:
+
+    - ``"object"`` (C = 2): ``(p - c_i) / s_i`` with ``c_i`` the mean of image i's foreground pixel
+      positions and ``s_i = sqrt(mean_fg ||p - c_i||^2)`` the object's scale: where on the object the
+      pixel lies, the same for a translated or scaled copy of the object (not for a rotated or
+      re-posed one). ``s_i`` is at least one pixel (``2 / max(H, W)``), so a one-pixel object stays
+      finite; an image without foreground gets ``c = 0, s = 1`` (all its pixels are background).
+    - ``"xy"`` (C = 2): ``p`` itself: where in the image the pixel lies.
+    - ``"rgbxy"`` (C = 5): ``(r, g, b, (x + 1) / 2, (y + 1) / 2)``: colour and image position each in
+      [0, 1], weighted equally per channel (a full black-to-white step in one colour channel costs as
+      much as crossing the whole image). Needs ``images (N, 3, H, W)`` in [0, 1] at the size of ``fg``.
+
+    Args:
+        fg: ``(N, H, W)`` or ``(N, 1, H, W)``, binary or soft.
+    """
+    from partlab.geometry import pixel_grid
+
+    if coords not in POSITION_COORDS:
+        raise ValueError(f"coords={coords!r}; choose one of {POSITION_COORDS}")
+    fg = _prepare_fg(fg, len(fg))
+    n, _, h, w = fg.shape
+    grid = pixel_grid(h, w).permute(2, 0, 1)[None].expand(n, 2, h, w)       # (N, 2, H, W) normalised (x, y)
+    if coords == "xy":
+        return grid.clone()
+    if coords == "rgbxy":
+        if images is None:
+            raise ValueError("coords='rgbxy' needs the images (N, 3, H, W) in [0, 1]")
+        images = torch.as_tensor(images).float().cpu()
+        if images.shape != (n, 3, h, w):
+            raise ValueError(f"images must have shape {(n, 3, h, w)} to match fg {tuple(fg.shape)}, "
+                             f"got {tuple(images.shape)}")
+        return torch.cat([images, (grid + 1) / 2], dim=1)                   # (N, 5, H, W)
+    inside = (fg >= 0.5).float()                                            # (N, 1, H, W)
+    count = inside.sum(dim=(2, 3), keepdim=True)                            # (N, 1, 1, 1)
+    center = (grid * inside).sum(dim=(2, 3), keepdim=True) / count.clamp_min(1)          # (N, 2, 1, 1)
+    spread = (((grid - center) ** 2).sum(1, keepdim=True) * inside).sum(dim=(2, 3), keepdim=True)
+    scale = (spread / count.clamp_min(1)).sqrt().clamp_min(2.0 / max(h, w))  # (N, 1, 1, 1)
+    scale = torch.where(count > 0, scale, torch.ones_like(scale))
+    return (grid - center) / scale                                          # (N, 2, H, W)
+
+
+def position_parts(fg: torch.Tensor, num_parts: int, *, coords: str = "object", images: Optional[torch.Tensor] = None,
+                   seed: int = 0, n_init: int = 5, max_iter: int = 300, max_fit_pixels: int = 100_000,
+                   temperature: float = 0.1) -> Dict[str, torch.Tensor]:
+    """Position baselines: K-means over the whole collection's foreground pixels on where they are.
+
+    The pixels' :func:`position_features` (``coords``: ``"object"``, ``"xy"`` or ``"rgbxy"``) are
+    clustered as :func:`kmeans_parts` clusters features (no per-pixel L2 normalisation: the
+    coordinates' scale is their meaning): best of ``n_init`` k-means++ runs on the foreground pixels
+    (``fg >= 0.5``) of all images together, at most ``max_fit_pixels`` of them (a seeded subsample),
+    every pixel then scored by its negative squared distance to the K centroids.
+
+    Args:
+        fg: ``(N, H, W)`` or ``(N, 1, H, W)`` foreground, binary or soft; the output has its size.
+        num_parts: K >= 1.
+        images: ``(N, 3, H, W)`` in [0, 1], for ``coords="rgbxy"`` only.
+
+    Returns:
+        dict(probs=(N, K+1, H, W), labels=(N, H, W)) as :func:`kmeans_parts`: ``probs[:, 0] = 1 - fg``,
+        labels 0 outside the foreground and 1..K inside. An image without foreground is all background.
+
+    Raises ``ValueError`` for K < 1 or fewer foreground pixels in the collection than K.
+    """
+    if int(num_parts) < 1:
+        raise ValueError(f"num_parts must be >= 1, got {num_parts}")
+    feats = position_features(fg, coords, images)                            # (N, C, H, W)
+    fg = _prepare_fg(fg, len(feats))
+    count = int((fg >= 0.5).sum())
+    if count < num_parts:
+        raise ValueError(f"only {count} foreground pixels in the collection for {num_parts} parts: the position "
+                         f"baselines need at least one foreground pixel per part")
+    return kmeans_parts(feats, fg, int(num_parts), seed, n_init=n_init, max_fit_pixels=max_fit_pixels,
+                        temperature=temperature, normalize=False, max_iter=max_iter)

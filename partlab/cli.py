@@ -5,7 +5,7 @@
     partlab train METHOD [--recipe quick|paper|FILE] [--set fit.lr=1e-4 ...] [--steps N] [--out DIR] [--resume] ...
                                                train a registered method (scops, contrastive, oracle) with a
                                                recipe on the synthetic world into a run folder
-    partlab evaluate --run DIR [--run DIR2] [--run-mask own|true] [--baseline kmeans|dff] [--baseline-mask true|rbd|none] [--json out.json]
+    partlab evaluate --run DIR [--run DIR2] [--run-mask own|true] [--baseline kmeans|dff|position|xy|rgbxy] [--baseline-mask true|rbd|none] [--json out.json]
                                                one benchmark table (partlab.evaluation) on the synthetic test split
     partlab segment --run DIR IMAGE... [--out DIR]  part overlays and label maps of your own PNG/JPG images
     partlab notebooks run [--quick] [--only NAME] [-p KEY VALUE] [--html]   the curriculum (papermill)
@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
-FEATURE_CHOICES = ("auto", "standin", "vgg19", "rgb")
+FEATURE_CHOICES = ("auto", "standin", "standin_v1", "vgg19", "rgb")   # = features.extractors._EXTRACTOR_CHOICES (test_cli)
 _RECORD_KEYS = ("step", "lr", "seconds", "skipped")   # history entries that are not loss terms
 MAX_DATA_PIXELS = 250_000_000   # images x size^2 a command may synthesise and hold (3 GB of float32 RGB)
 
@@ -97,7 +97,8 @@ def _cmd_render(args) -> int:
         raise ValueError(f"cannot write a {output.suffix!r} file; name the output .png (or one of "
                          f"{', '.join(sorted(formats))})")
     _check_output(output, "output", folder=False)
-    data = SyntheticParts(category=args.category, size=args.size, length=args.n, seed=args.seed, split=args.split)
+    data = SyntheticParts(category=args.category, size=args.size, length=args.n, seed=args.seed, split=args.split,
+                          config=args.world)
     items = [data[i] for i in range(len(data))]
     images = torch.stack([it["image"] for it in items])
     labels = torch.stack([it["parts"] for it in items])
@@ -106,7 +107,8 @@ def _cmd_render(args) -> int:
     fig = viz.show_parts(images, labels, landmarks=landmarks, visible=visible, side_by_side=True,
                          ncols=min(8, args.n))
     path = viz.save_figure(fig, output)
-    print(f"wrote {path} ({args.n} {args.category} samples, {args.size}px, seed {args.seed}, split {args.split})")
+    print(f"wrote {path} ({args.n} {args.category} samples, {args.world} world, {args.size}px, seed {args.seed}, "
+          f"split {args.split})")
     return 0
 
 
@@ -284,6 +286,15 @@ def _unique_name(name: str, taken) -> str:
     return candidate
 
 
+def _run_world(meta: dict) -> str:
+    """The synthetic world a run folder was trained on (its recipe.json; runs without one: default)."""
+    path = Path(meta["run_dir"]) / "recipe.json"
+    try:
+        return json.loads(path.read_text())["data"].get("world", "default")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "default"
+
+
 def _cmd_evaluate(args) -> int:
     from partlab import evaluation
     from partlab.data.synthetic import num_parts
@@ -292,17 +303,19 @@ def _cmd_evaluate(args) -> int:
 
     if not args.run and not args.baseline:
         raise ValueError("nothing to evaluate: give --run DIR (a folder from `partlab train scops --out DIR`) "
-                         "and/or --baseline kmeans|dff")
+                         f"and/or --baseline {'|'.join(evaluation.ALL_BASELINES)}")
     if args.json:
         _check_output(Path(args.json), "--json", folder=False)
     args.baseline_mask = args.baseline_mask or ["true"]
     runs = [load_method(path) for path in args.run]
     category = _pick("category", args.category, [meta["category"] for _, meta in runs]) or "bird"
     size = _pick("size", args.size, [meta["size"] for _, meta in runs]) or 64
+    world = _pick("world", args.world, [_run_world(meta) for _, meta in runs]) or "default"
     _check_data_size(args.n_train + args.n_test, size, "--n-train + --n-test")
     train, test = evaluation.benchmark_splits(category, size=size, n_train=args.n_train, n_test=args.n_test,
-                                              seed=args.seed)
-    print(f"partlab evaluate: synthetic {category}, {size} px: {args.n_test} test images, {args.n_train} train "
+                                              seed=args.seed, config=world)
+    where = "" if world == "default" else f" ({world} world)"
+    print(f"partlab evaluate: synthetic {category}{where}, {size} px: {args.n_test} test images, {args.n_train} train "
           f"images (landmark regression)")
     results: Dict[str, Dict[str, float]] = {}
     for model, meta in runs:
@@ -314,13 +327,20 @@ def _cmd_evaluate(args) -> int:
             label = name if len(masks) == 1 else f"{name} ({mask} mask)"
             results[label], _ = evaluation.score_model(model, train, test, category=category, device=args.device,
                                                        mask=mask)
-    if args.baseline:
+    names = list(dict.fromkeys(args.baseline))
+    feature_names = [name for name in names if name in evaluation.BASELINES]
+    position_names = [name for name in names if name not in evaluation.BASELINES]
+    groups, extractor = [], None           # (baselines, row label); only feature baselines build an extractor
+    if feature_names:
         from partlab.features import get_extractor
 
         extractor = get_extractor(args.features, device=args.device)
-        scores, _ = evaluation.score_baselines(train, test, names=list(dict.fromkeys(args.baseline)),
-                                               masks=list(dict.fromkeys(args.baseline_mask)),
-                                               label=f"{{name}} ({extractor.name}, {{mask}} mask)",
+        groups.append((feature_names, f"{{name}} ({extractor.name}, {{mask}} mask)"))
+    if position_names:
+        groups.append((position_names, "{name} ({mask} mask)"))
+    for group, label in groups:
+        scores, _ = evaluation.score_baselines(train, test, names=group,
+                                               masks=list(dict.fromkeys(args.baseline_mask)), label=label,
                                                extractor=extractor, device=args.device, category=category,
                                                num_parts=num_parts(category), seed=args.seed)
         for name, row in scores.items():
@@ -416,6 +436,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _worlds() -> tuple:
+    from partlab.data.synthetic import WORLDS
+
+    return tuple(WORLDS)
+
+
+def _baselines() -> tuple:
+    from partlab.evaluation import ALL_BASELINES
+
+    return ALL_BASELINES
+
+
 def _categories() -> tuple:
     from partlab.data.synthetic import CATEGORIES
 
@@ -462,8 +494,10 @@ def _add_evaluate_parser(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="benchmark table of trained runs and baselines on synthetic data")
     evaluate.add_argument("--run", action="append", default=[], metavar="DIR",
                           help="a run folder from `partlab train` (repeatable)")
-    evaluate.add_argument("--baseline", action="append", default=[], choices=("kmeans", "dff"),
-                          help="a training-free baseline (repeatable)")
+    evaluate.add_argument("--baseline", action="append", default=[], choices=list(_baselines()),
+                          help="a training-free baseline (repeatable): kmeans, dff (on frozen CNN features, "
+                               "--features); position (K-means on where a pixel lies on its object: the floor a "
+                               "co-part method must clear), xy (on its image position), rgbxy (colour + position)")
     evaluate.add_argument("--baseline-mask", action="append", choices=("true", "rbd", "none"), metavar="MASK",
                           help="where the baselines look for parts (repeatable): true (the true foreground, the "
                                "default), rbd (the unsupervised saliency SCOPS gets: the fair comparison for it), "
@@ -473,9 +507,13 @@ def _add_evaluate_parser(sub) -> None:
                                "true foreground (contrastive runs; the paper's protocol). Repeatable")
     evaluate.add_argument("--category", choices=list(_categories()), help="default: the runs' category, else bird")
     evaluate.add_argument("--size", type=_positive_int, help="default: the runs' size, else 64")
+    evaluate.add_argument("--world", choices=list(_worlds()),
+                          help="the synthetic world: default, or varied (instance-varied colours); "
+                               "default: the runs' world, else default")
     evaluate.add_argument("--n-test", type=_positive_int, default=200)
     evaluate.add_argument("--n-train", type=_positive_int, default=200, help="train images for landmark regression")
-    evaluate.add_argument("--features", choices=FEATURE_CHOICES, default="auto", help="the baselines' features")
+    evaluate.add_argument("--features", choices=FEATURE_CHOICES, default="auto",
+                          help="the kmeans and dff baselines' features")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the baselines")
     evaluate.add_argument("--json", metavar="FILE", help="also write {method: metrics} to this JSON file")
@@ -500,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--size", type=_positive_int, default=64)
     render.add_argument("--seed", type=int, default=0)
     render.add_argument("--split", default="train")
+    render.add_argument("--world", choices=list(_worlds()), default="default",
+                        help="default, varied (instance-varied colours: colour does not name a part), easy, hard")
     _add_train_parser(sub)
     _add_evaluate_parser(sub)
     _add_segment_parser(sub)

@@ -7,7 +7,13 @@ scored against the synthetic world's exact ground truth with the protocols of th
 ============== ============================================================== ==========
 key            protocol                                                       better
 ============== ============================================================== ==========
-fg_nmi, fg_ari pixels inside the true foreground, argmax over parts only      higher
+fg_nmi, fg_ari pixels inside the true foreground, argmax over parts only,     higher
+               all test images pooled in one table: part k must be the same
+               true part in every image (the co-part score the papers report)
+fg_nmi_image,  the same pixels and argmax, NMI/ARI within each image, mean    higher
+fg_ari_image   over images: segments only, blind to part k being the head in
+               one image and the tail in the next (images with < 2 foreground
+               pixels skipped; a one-part image scores 1 or 0)
 nmi, ari       every pixel, background = 0 from the true mask ("full")        higher
 kp_fg_nmi/ari  label at each visible landmark's nearest pixel (FG variant)    higher
 miou           Hungarian-matched mIoU of the labels (background included)     higher
@@ -28,8 +34,8 @@ import torch
 from partlab import metrics, utils
 from partlab.geometry import part_centers
 
-BENCHMARK_METRICS = ("fg_ari", "fg_nmi", "ari", "nmi", "kp_fg_ari", "kp_fg_nmi", "miou", "fg_iou",
-                     "landmark_error")
+BENCHMARK_METRICS = ("fg_ari", "fg_nmi", "fg_ari_image", "fg_nmi_image", "ari", "nmi", "kp_fg_ari", "kp_fg_nmi",
+                     "miou", "fg_iou", "landmark_error")
 HIGHER_IS_BETTER = {m: m != "landmark_error" for m in BENCHMARK_METRICS}
 
 
@@ -90,10 +96,12 @@ def score_parts(pred: Mapping[str, torch.Tensor], truth: Mapping[str, torch.Tens
     gt, fg = truth["parts"], truth["fg"]
     num_classes = int(max(int(gt.max()), int(labels.max()))) + 1
     out: Dict[str, float] = {}
-    fg_scores = metrics.pixel_nmi_ari(soft, gt, variant="fg")
+    fg_scores = metrics.pixel_nmi_ari(soft, gt, variant="fg")                         # pooled: co-parts
+    fg_image = metrics.pixel_nmi_ari(soft, gt, variant="fg", reduction="mean")      # per image: segments
     full_scores = metrics.pixel_nmi_ari(labels, gt, variant="full", fg=fg)
     kp = metrics.keypoint_nmi_ari(soft, truth["landmarks"], truth["visible"], variant="fg")
-    out.update(fg_nmi=fg_scores["nmi"], fg_ari=fg_scores["ari"], nmi=full_scores["nmi"], ari=full_scores["ari"],
+    out.update(fg_nmi=fg_scores["nmi"], fg_ari=fg_scores["ari"], fg_nmi_image=fg_image["nmi"],
+               fg_ari_image=fg_image["ari"], nmi=full_scores["nmi"], ari=full_scores["ari"],
                kp_fg_nmi=kp["nmi"], kp_fg_ari=kp["ari"])
     out["miou"] = metrics.hungarian_miou(labels, gt, num_classes)["miou"]
     out["fg_iou"] = metrics.foreground_iou(labels, fg)
@@ -116,14 +124,16 @@ def split_predictions(pred: Mapping[str, torch.Tensor], n_first: int):
 
 
 def format_table(results: Mapping[str, Mapping[str, float]], columns: Sequence[str] = BENCHMARK_METRICS) -> str:
-    """A plain-text table: one row per method, one column per metric (arrows say which way is better)."""
+    """A plain-text table: one row per method, one column per metric (arrows say which way is better),
+    each column as wide as its header (values to 3 decimals), two spaces apart."""
     columns = [c for c in columns if any(c in r for r in results.values())]
+    headers = [c + (" ↑" if HIGHER_IS_BETTER.get(c, True) else " ↓") for c in columns]
+    widths = [max(len(h), len("-0.000")) + 2 for h in headers]
     width = max([len("method")] + [len(name) for name in results])
-    head = "method".ljust(width) + "".join(f"{c + (' ↑' if HIGHER_IS_BETTER.get(c, True) else ' ↓'):>17s}"
-                                           for c in columns)
+    head = "method".ljust(width) + "".join(f"{h:>{w}s}" for h, w in zip(headers, widths))
     lines = [head, "-" * len(head)]
     for name, row in results.items():
-        cells = "".join(f"{row[c]:17.3f}" if c in row else f"{'-':>17s}" for c in columns)
+        cells = "".join(f"{row[c]:{w}.3f}" if c in row else f"{'-':>{w}s}" for c, w in zip(columns, widths))
         lines.append(name.ljust(width) + cells)
     return "\n".join(lines)
 
@@ -132,7 +142,9 @@ def format_table(results: Mapping[str, Mapping[str, float]], columns: Sequence[s
 # the synthetic benchmark end to end: data, baselines, oracle
 # ---------------------------------------------------------------------------------------------
 
-BASELINES = ("kmeans", "dff")
+BASELINES = ("kmeans", "dff")                                   # on frozen CNN features: the default rows
+POSITION_BASELINES = {"position": "object", "xy": "xy", "rgbxy": "rgbxy"}  # name -> coords; no features
+ALL_BASELINES = BASELINES + tuple(POSITION_BASELINES)
 
 
 def benchmark_splits(category: str = "bird", size: int = 64, n_train: int = 200, n_test: int = 200,
@@ -150,21 +162,30 @@ def benchmark_splits(category: str = "bird", size: int = 64, n_train: int = 200,
 def baseline_parts(name: str, images: torch.Tensor, fg: torch.Tensor, num_parts: int, *, extractor=None,
                    features: str = "auto", device="auto", seed: int = 0,
                    kmeans: str = "partlab") -> Dict[str, torch.Tensor]:
-    """K-means or DFF part maps of a collection (true foreground as the background split, as in the
-    contrastive paper's K-means baseline) -> dict(probs, labels, centers).
+    """K-means, DFF or position part maps of a collection (true foreground as the background split, as in
+    the contrastive paper's K-means baseline) -> dict(probs, labels, centers).
 
-    Features: ``extractor`` or :func:`partlab.features.get_extractor` ``(features)``, with the
-    extractor's ``"dff"`` layer recipe, or for K-means the layers of the protocol ``kmeans``
+    ``name`` is one of :data:`ALL_BASELINES`. The feature baselines (:data:`BASELINES`) use
+    ``extractor`` or :func:`partlab.features.get_extractor` ``(features)``, with the extractor's
+    ``"dff"`` layer recipe, or for K-means the layers of the protocol ``kmeans``
     (:data:`partlab.baselines.KMEANS_PROTOCOLS`: ``"partlab"``, relu3_2 x 0.33 + relu5_4 at the features'
     resolution; ``"appendix"``, relu5_2 + relu5_4 upsampled to 64 x 64 as the contrastive appendix runs it).
+    The position baselines (:data:`POSITION_BASELINES`: ``"position"``, K-means on where a pixel lies on
+    its object; ``"xy"``, on its image position; ``"rgbxy"``, on colour and position;
+    :func:`partlab.baselines.position_parts`) use no features: ``extractor``, ``features`` and
+    ``kmeans`` are ignored and no extractor is built.
     """
     from partlab import baselines
-    from partlab.features import extract_features, get_extractor
 
-    if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}; choices: {list(BASELINES)}")
+    if name not in ALL_BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choices: {list(ALL_BASELINES)}")
     if kmeans not in baselines.KMEANS_PROTOCOLS:
         raise ValueError(f"kmeans={kmeans!r}; choose one of {list(baselines.KMEANS_PROTOCOLS)}")
+    if name in POSITION_BASELINES:
+        out = baselines.position_parts(fg, num_parts, coords=POSITION_BASELINES[name], images=images, seed=seed)
+        return {"probs": out["probs"], "labels": out["labels"], "centers": centers_of(out["probs"])}
+    from partlab.features import extract_features, get_extractor
+
     extractor = extractor if extractor is not None else get_extractor(features, device=device)
     protocol = baselines.KMEANS_PROTOCOLS[kmeans]
     recipe = protocol["layers"] if name == "kmeans" else name
@@ -227,10 +248,12 @@ def score_baselines(train: Mapping[str, torch.Tensor], test: Mapping[str, torch.
                     **kwargs):
     """:func:`score_baseline` for every baseline in ``names`` on every mask in ``masks``, with one
     extractor and each mask computed once -> ``(results, predictions)``, both keyed by
-    ``label.format(name=..., mask=...)`` (e.g. ``"kmeans (rbd)"``), masks outer, names inner."""
-    from partlab.features import get_extractor
+    ``label.format(name=..., mask=...)`` (e.g. ``"kmeans (rbd)"``), masks outer, names inner. An extractor
+    is built only when ``names`` holds a feature baseline (:data:`BASELINES`); position baselines need none."""
+    if extractor is None and any(name in BASELINES for name in names):
+        from partlab.features import get_extractor
 
-    extractor = extractor if extractor is not None else get_extractor(features, device=device)
+        extractor = get_extractor(features, device=device)
     images = torch.cat([train["image"], test["image"]])
     fg = torch.cat([train["fg"], test["fg"]])
     results: Dict[str, Dict[str, float]] = {}
@@ -332,7 +355,7 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
     base = base.override(overrides)
     data = base.data
     train_eval, test = benchmark_splits(data.category, size=data.size, n_train=n_eval, n_test=n_eval,
-                                        seed=split_seed)
+                                        seed=split_seed, config=data.world)
     per_seed = {}
     for seed in seeds:
         model, dataset, info = base.override({"fit.seed": int(seed)}).build(device=device)
@@ -348,7 +371,7 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
 # ---------------------------------------------------------------------------------------------
 
 HEADLINE_METRICS = ("fg_ari", "landmark_error")
-FIGURE_METRICS = ("fg_ari", "fg_nmi", "kp_fg_ari", "miou", "fg_iou", "landmark_error")
+FIGURE_METRICS = ("fg_ari", "fg_ari_image", "fg_nmi", "kp_fg_ari", "miou", "fg_iou", "landmark_error")
 
 
 class Benchmark:
@@ -438,8 +461,9 @@ def benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str, torc
             ``{name: (model, mask)}`` with ``mask`` ``"own"`` or ``"true"`` (:func:`score_model`); one
             model alone is named after its registry entry.
         train, test: :func:`benchmark_splits` (landmark regressors are fitted on ``train``).
-        baselines, masks: every baseline (:data:`partlab.baselines.BASELINES`) on every mask (``"true"``,
-            ``"rbd"``, ``"none"``; :func:`score_baselines`), rows named ``"kmeans (rbd)"``; ``()`` for none.
+        baselines, masks: every baseline (default :data:`BASELINES`, K-means and DFF; any of
+            :data:`ALL_BASELINES`) on every mask (``"true"``, ``"rbd"``, ``"none"``; :func:`score_baselines`),
+            rows named ``"kmeans (rbd)"``; ``()`` for none.
         kmeans: the K-means protocol (``"partlab"`` or ``"appendix"``, :data:`partlab.baselines.KMEANS_PROTOCOLS`).
         oracle_steps: train the supervised oracle (its quick recipe on ``n_train`` images of ``category`` at
             ``size``, seed ``seed``) for this many steps and add its row ``"oracle"``; None: no oracle.

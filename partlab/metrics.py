@@ -9,7 +9,8 @@ Sections:
 - landmark regression: :func:`landmark_regression_error` (SCOPS), :func:`keypoint_regression_error`
   (per-keypoint, with visibility), :func:`regress_landmarks` (the fitted predictions, for plots)
 - clustering agreement: :func:`nmi_ari`, :func:`labels_at_points`, :func:`keypoint_nmi_ari`,
-  :func:`pixel_nmi_ari` (contrastive part discovery, appendix Sec. 2)
+  :func:`pixel_nmi_ari` (contrastive part discovery, appendix Sec. 2; pooled over the set, which
+  scores *co*-parts, or per image, which scores segments only)
 - foreground: :func:`foreground_iou`, :func:`coseg_iou` (SCOPS PASCAL, motion co-part)
 - semantic segmentation: :func:`hungarian_miou` (MaskContrast: K-means + Hungarian, overclustering),
   :func:`linear_probe_miou` (1x1 conv on frozen features)
@@ -28,9 +29,6 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
-from sklearn.linear_model import LinearRegression
-from sklearn.preprocessing import StandardScaler
 
 from partlab.geometry import to_pixels
 
@@ -120,6 +118,9 @@ def _choice(value, allowed: Sequence[str], name: str) -> None:
 
 def _fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
     """SCOPS regression: standardise inputs and targets, least squares without intercept, undo."""
+    from sklearn.linear_model import LinearRegression   # here, not at the top: importing partlab stays fast
+    from sklearn.preprocessing import StandardScaler
+
     x_scaler = StandardScaler().fit(x_train)
     y_scaler = StandardScaler().fit(y_train)
     reg = LinearRegression(fit_intercept=False).fit(x_scaler.transform(x_train), y_scaler.transform(y_train))
@@ -476,7 +477,7 @@ def keypoint_nmi_ari(pred_labels, landmarks, visible, fg=None, variant: str = "f
     return nmi_ari(predicted[vis], identity[vis])
 
 
-def pixel_nmi_ari(pred_labels, gt_labels, variant: str = "fg", fg=None) -> dict:
+def pixel_nmi_ari(pred_labels, gt_labels, variant: str = "fg", fg=None, *, reduction: str = "dataset") -> dict:
     """NMI/ARI between predicted parts and ground-truth part labels on pixels (DeepFashion, PASCAL-Part).
 
     Args:
@@ -487,11 +488,23 @@ def pixel_nmi_ari(pred_labels, gt_labels, variant: str = "fg", fg=None) -> dict:
             wherever the foreground mask is 0 ("background label 0 from the mask").
         fg: foreground mask ``(N, H, W)`` or ``(N, 1, H, W)``; default ``gt_labels != 0``. Pass a
             predicted mask to score with predicted foreground.
+        reduction: ``"dataset"`` (default; what the papers report): the scored pixels of all images
+            are pooled into one contingency table before :func:`nmi_ari`, so predicted part k must be
+            the same true part in every image: a *co*-part score. ``"mean"``: :func:`nmi_ari` within
+            each image on the same pixels and predictions, averaged over the images scored (each image
+            weighs 1): a segmentation score, blind to part k being the head in one image and the tail in
+            the next. The same words as :func:`foreground_iou`'s ``reduction``.
 
-    Pixels of all images are pooled before :func:`nmi_ari`; images without foreground simply add no
-    pixels to the FG variant. No foreground pixel in the whole set raises ``ValueError``.
+    ``"dataset"``: images without foreground simply add no pixels to the FG variant; no foreground
+    pixel in the whole set raises ``ValueError``.
+
+    ``"mean"``: an image with fewer than 2 scored pixels (FG: foreground pixels) is skipped; if every
+    image is skipped, ``ValueError``. An image whose scored truth holds one part only gets what
+    :func:`nmi_ari` (scikit-learn) gives: NMI = ARI = 1 if the prediction also puts all those pixels
+    in one part, else NMI = ARI = 0.
     """
     _choice(variant, ("fg", "full"), "variant")
+    _choice(reduction, ("dataset", "mean"), "reduction")
     gt = _labels(gt_labels, "gt_labels")
     if gt.ndim != 3:
         raise ValueError(f"gt_labels must have shape (N, H, W), got {gt.shape}")
@@ -499,11 +512,16 @@ def pixel_nmi_ari(pred_labels, gt_labels, variant: str = "fg", fg=None) -> dict:
     _same_shape(fg_mask, gt, "fg", "gt_labels")
     labels = _predicted_labels(pred_labels, variant, fg_mask)
     _same_shape(labels, gt, "pred_labels", "gt_labels")
-    if variant == "full":
-        return nmi_ari(labels, gt)
-    if not fg_mask.any():
+    scored = fg_mask if variant == "fg" else np.ones(gt.shape, dtype=bool)  # (N, H, W)
+    if variant == "fg" and not fg_mask.any():
         raise ValueError("no foreground pixel in the whole set: FG-NMI/ARI is undefined")
-    return nmi_ari(labels[fg_mask], gt[fg_mask])
+    if reduction == "dataset":
+        return nmi_ari(labels[scored], gt[scored])
+    per_image = [nmi_ari(labels[i][scored[i]], gt[i][scored[i]]) for i in range(len(gt)) if scored[i].sum() >= 2]
+    if not per_image:
+        raise ValueError(f"no image has 2 or more {'foreground ' if variant == 'fg' else ''}pixels: "
+                         f"per-image NMI/ARI is undefined")
+    return {key: float(np.mean([s[key] for s in per_image])) for key in ("nmi", "ari")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,6 +657,8 @@ def hungarian_miou(pred, gt, num_classes: int, *, ignore_index: Optional[int] = 
         used = conf.sum(axis=1) > 0
         mapping[used] = iou[used].argmax(axis=1)
     else:
+        from scipy.optimize import linear_sum_assignment
+
         rows, cols = linear_sum_assignment(conf, maximize=True)
         mapping[rows] = cols
     out = _scores(conf, mapping)

@@ -45,6 +45,8 @@ class DataSpec:
     Attributes:
         dataset: ``"synthetic"`` (the embedded world; real datasets arrive with their readers).
         category: synthetic category (``"bird"``, ``"quadruped"``, ``"figure"``, ``"face"``).
+        world: the synthetic world by name (:data:`partlab.data.synthetic.WORLDS`): ``"default"``, or
+            ``"varied"`` (instance-varied colours: colour does not name a part), ``"easy"``, ``"hard"``.
         size: image size in pixels (square).
         n_train: training images (drawn with the recipe's ``fit.seed``, which seeds the whole run).
         features: the frozen feature extractor (:func:`partlab.features.get_extractor`: ``"auto"``,
@@ -55,6 +57,7 @@ class DataSpec:
 
     dataset: str = "synthetic"
     category: str = "bird"
+    world: str = "default"
     size: int = 64
     n_train: int = 512
     features: str = "auto"
@@ -64,7 +67,10 @@ class DataSpec:
         if self.dataset != "synthetic":
             raise ValueError(f"data.dataset={self.dataset!r}: recipes train on the synthetic world for now "
                              f"('synthetic'); real datasets arrive with their readers")
-        from partlab.data.synthetic import CATEGORIES
+        from partlab.data.synthetic import CATEGORIES, WORLDS
+
+        if self.world not in WORLDS:
+            raise ValueError(f"data.world={self.world!r}; choose one of {list(WORLDS)}")
 
         if self.category not in CATEGORIES:
             raise ValueError(f"data.category={self.category!r}; choose one of {list(CATEGORIES)}")
@@ -201,7 +207,7 @@ class Recipe:
         d = self.data
         features = getattr(entry.cls, "feature_role", "")
         lines = [f"recipe {self.method}/{self.name}: {entry.cls.__name__} trained on {entry.data}",
-                 f"  data: {d.dataset} {d.category}, {d.size} px, {d.n_train} images"
+                 f"  data: {d.dataset} {d.category}" + (f" ({d.world} world)" if d.world != "default" else "") + f", {d.size} px, {d.n_train} images"
                  + (f"; features {d.features} ({'computed once, in memory' if d.cache else 'on the fly'})"
                     if features else ""),
                  f"  model: {_short(self.model)}"]

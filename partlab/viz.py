@@ -134,6 +134,64 @@ def show_parts(images, labels=None, *, landmarks=None, visible=None, titles: Opt
     return fig
 
 
+def part_grid(images, labels, *, fg=None, n: int = 16, ncols: int = 8, title: str = "",
+              names: Optional[Sequence[str]] = None, alpha: float = 0.6, cell: float = 1.6):
+    """Co-parts at a glance: many instances, part k in one fixed colour in every cell, with a legend.
+
+    A co-part segmentation is right when part k is the same part of every object: in this grid,
+    when part 2 (blue) is the head in every bird. Colours are the labels' own numbers
+    (:data:`PALETTE`, as :func:`colorize`), never matched to the truth, so a method whose parts are
+    consistent *within* images but swap *between* them shows a head that changes colour.
+
+    Args:
+        images: ``(N, 3, H, W)`` in [0, 1]; the first ``n`` are shown, ``ncols`` per row.
+        labels: ``(N, H, W)`` part labels, 0 = background (drawn as the plain image), 1..K <= 20.
+        fg: optional ``(N, H, W)`` or ``(N, 1, H, W)`` mask; labels outside it (< 0.5) are not drawn
+            (e.g. to look at a method's parts inside the true object only).
+        title: the figure's title.
+        names: the K part names for the legend (``names[k - 1]`` for part k); default ``"part k"``.
+            K is the largest label in ``labels`` (all N, not only the cells shown).
+        alpha: weight of the part colour over the image.
+    Returns:
+        the matplotlib figure (one image axis per instance shown, the legend below the grid).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    images, labels = _numpy(images), _numpy(labels).astype(np.int64)
+    if images.ndim != 4 or labels.ndim != 3 or len(images) != len(labels) or len(images) == 0:
+        raise ValueError(f"expected images (N, 3, H, W) and labels (N, H, W) with the same N >= 1, got "
+                         f"{images.shape} and {labels.shape}")
+    if fg is not None:
+        mask = _numpy(fg)
+        mask = mask.reshape(len(labels), *mask.shape[-2:]) if mask.ndim == 4 else mask
+        if mask.shape != labels.shape:
+            raise ValueError(f"fg must cover labels {labels.shape} ((N, H, W) or (N, 1, H, W)), got {_numpy(fg).shape}")
+        labels = np.where(mask >= 0.5, labels, 0)
+    k = int(labels.max(initial=0))
+    if names is not None and len(names) != k:
+        raise ValueError(f"names has {len(names)} entries but the labels hold parts 1..{k}: give one name per part")
+    n = max(1, min(int(n), len(images)))
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    below, above = (0.35 if k else 0.0), (0.3 if title else 0.0)        # inches for the legend and the title
+    height = cell * nrows + below + above
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, height), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=below / height + 0.01, top=1 - above / height - 0.01,
+                        wspace=0.04, hspace=0.04)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for i in range(n):
+        axes[i // ncols, i % ncols].imshow(overlay(images[i], labels[i], alpha), interpolation="nearest")
+    if k:
+        handles = [Patch(color=PALETTE[part], label=names[part - 1] if names is not None else f"part {part}")
+                   for part in range(1, k + 1)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(k, 8), fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9, y=1 - 0.05 / height, va="top")
+    return fig
+
+
 def show_part_maps(probs, *, image=None, names: Optional[Sequence[str]] = None, cell: float = 1.6):
     """One image's soft part maps ``(K+1, H, W)`` as heatmaps, channel by channel (channel 0 = background)."""
     import matplotlib.pyplot as plt

@@ -155,6 +155,23 @@ def test_evaluate_runs_and_a_baseline_into_one_table_and_json(runs, tmp_path, ca
         assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
 
 
+def test_evaluate_position_baselines_builds_no_extractor_and_shows_per_image_scores(tmp_path, capsys, monkeypatch):
+    import partlab.features
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a position baseline built a feature extractor")
+
+    monkeypatch.setattr(partlab.features, "get_extractor", refuse)
+    out = tmp_path / "metrics.json"
+    assert cli.main(["evaluate", "--baseline", "position", "--baseline", "xy", "--size", "32", "--n-test", "6",
+                     "--n-train", "16", "--device", "cpu", "--json", str(out)]) == 0
+    header = capsys.readouterr().out.splitlines()[1]
+    assert "fg_ari ↑" in header and "fg_ari_image ↑" in header
+    results = json.loads(out.read_text())
+    assert list(results) == ["position (true mask)", "xy (true mask)"]
+    assert all({"fg_ari", "fg_ari_image", "fg_nmi_image"} <= set(metrics) for metrics in results.values())
+
+
 def test_evaluate_a_contrastive_run_with_its_own_and_the_true_mask(runs, tmp_path, capsys):
     out = tmp_path / "metrics.json"
     assert cli.main(["evaluate", "--run", str(runs["contrastive"]), "--run-mask", "own", "--run-mask", "true",

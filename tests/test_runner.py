@@ -20,6 +20,12 @@ def test_compare_rules_name_the_metric():
     assert nbs.compare({"a": {"b": 1.0}}, {"a.b": {"value": 1.0}}) == []
 
 
+def test_a_metric_without_a_stored_baseline_is_not_checked():
+    """A new metric (e.g. ``kmeans.fg_ari_image``) passes until someone stores a baseline for it."""
+    expected = {"kmeans.fg_ari": {"value": 0.16, "atol": 0.03}}
+    assert nbs.compare({"kmeans": {"fg_ari": 0.17, "fg_ari_image": 0.55, "fg_nmi_image": 0.6}}, expected) == []
+
+
 def test_write_metrics_refuses_nan(tmp_path):
     path = nbs.write_metrics({"x": 1.0, "nested": {"y": 2}}, tmp_path / "m" / "a.json")
     assert json.loads(path.read_text()) == {"nested": {"y": 2}, "x": 1.0}

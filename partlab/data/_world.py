@@ -27,6 +27,7 @@ TEMPLATES: Dict[str, Template] = {name: Template(name) for name in SPECS}
 
 # ------------------------------------------------------------------------------------ random draws
 _INSTANCE_DRAWS = 256          # uniforms reserved per instance (appearance, proportions, joints, pose)
+_VARIED_OFFSET = 224           # the "varied" appearance reads its draws from here (the others use < 160)
 _BLOB_DRAWS, _MAX_BLOBS = 16, 16
 _SCENE_DRAWS = 16 + _MAX_BLOBS * _BLOB_DRAWS + 16 + MAX_DISTRACTORS * 16 + 4
 _BACKGROUND_COLOURS = tuple(np.array(c, dtype=np.float32).reshape(3, 1, 1) for c in (
@@ -89,6 +90,8 @@ def _sample_instance(tpl: Template, d: _Draws, cfg: "SyntheticConfig", code: int
         primaries.append((pr + jr, pg + jg, pb + jb))
         secondaries.append((sr + jr, sg + jg, sb + jb))
         waves.append((_TWO_PI / paint.period * (0.8 + 0.45 * d()), _TWO_PI * d(), _TWO_PI * d()))
+    if getattr(cfg, "appearance", "typed") == "varied":
+        primaries, secondaries = _varied_colours(tpl, _Draws(d.values[_VARIED_OFFSET:]))
     p = np.clip(np.array(primaries, dtype=np.float32), 0.0, 1.0)[:, :, None, None]     # (paints, 3, 1, 1)
     s = np.clip(np.array(secondaries, dtype=np.float32), 0.0, 1.0)[:, :, None, None]
     soft = tpl.soft_paints                                                               # (paints, 1, 1, 1)
@@ -111,6 +114,46 @@ def _sample_instance(tpl: Template, d: _Draws, cfg: "SyntheticConfig", code: int
         tx, ty = cfg.translation * tx, cfg.translation * ty
     inst.pose = (scale, theta, flip, tx, ty)
     return inst
+
+
+def _hue_rotation(angle: float) -> np.ndarray:
+    """The 3 x 3 matrix rotating RGB colours by ``angle`` about the grey axis (a hue rotation)."""
+    c, s = math.cos(angle), math.sin(angle)
+    k = (1.0 - c) / 3.0
+    r = math.sqrt(1.0 / 3.0) * s
+    return np.array([[c + k, k - r, k + r], [k + r, c + k, k - r], [k - r, k + r, c + k]])
+
+
+@functools.lru_cache(maxsize=None)
+def _colour_pool() -> Tuple[Tuple[Tuple[float, float, float], Tuple[float, float, float]], ...]:
+    """Every (primary, secondary) colour candidate of every category's paints, the eye dots excepted."""
+    pool = []
+    for tpl in TEMPLATES.values():
+        for name in tpl.paint_names:
+            paint = tpl.paints[name]
+            if paint.group != "eye":
+                pool.extend(paint.colours)
+    return tuple(pool)
+
+
+def _varied_colours(tpl: Template, d: _Draws) -> Tuple[list, list]:
+    """Primary and secondary colour per paint for the "varied" appearance: one hue rotation for the
+    instance; per paint a candidate drawn from :func:`_colour_pool` (independently of the part type),
+    a coin that swaps its two colours and a brightness factor in [0.65, 1.25]. Eye dots keep theirs."""
+    pool, rotation = _colour_pool(), _hue_rotation(_TWO_PI * d())
+    primaries, secondaries = [], []
+    for name in tpl.paint_names:
+        paint = tpl.paints[name]
+        pick, swap, bright = d.pick(len(pool)), d() < 0.5, 0.65 + 0.6 * d()
+        if paint.group == "eye":
+            primaries.append(paint.colours[0][0])
+            secondaries.append(paint.colours[0][1])
+            continue
+        a, b = (np.asarray(c) for c in pool[pick])
+        a, b = (b, a) if swap else (a, b)
+        primaries.append(tuple(rotation @ a * bright))
+        secondaries.append(tuple(rotation @ b * bright))
+    return primaries, secondaries
 
 
 def _pose(inst: _Instance, state: Sequence[Tuple[float, float, float, float]],

@@ -49,6 +49,15 @@ Difficulty knobs, :class:`SyntheticConfig` (default / ``.easy()`` / ``.hard()``)
     distractors   1           number of non-object shapes               (0 / 3)
     n_instances   1           objects per image, the first is the main one         (1 / 2)
     noise         0.02        std of additive Gaussian pixel noise      (0.0 / 0.05)
+    appearance    "typed"     "typed": each part type draws from its own colour candidates, so
+                              colour largely names the part; "varied": each part's colours are drawn
+                              independently of its type from every category's candidates (they can
+                              swap between parts), primary/secondary swapped at random, then a hue
+                              rotation per instance and a brightness factor per part: colour does
+                              not name a part, as across CUB's 200 species. Preset ``"varied"``.
+
+The ``"varied"`` appearance reads its random numbers from the end of each instance's block, so a
+varied sample is the typed sample with the same shape, pose, articulation and scene, repainted.
 
 Per sample (numpy, from :func:`render`; torch tensors from :class:`SyntheticParts`)::
 
@@ -94,12 +103,13 @@ from torch.utils.data import Dataset
 from ._world import (MAX_DISTRACTORS, MAX_INSTANCES, TEMPLATES, Scene, render_background, render_frame,
                      sample_scene, trajectory)
 
-__all__ = ["CATEGORIES", "PART_NAMES", "LANDMARK_NAMES", "LANDMARK_PARTS", "SPLITS", "SyntheticConfig",
+__all__ = ["APPEARANCES", "WORLDS", "CATEGORIES", "PART_NAMES", "LANDMARK_NAMES", "LANDMARK_PARTS", "SPLITS", "SyntheticConfig",
            "num_parts", "render", "render_clip", "SyntheticParts", "SyntheticClips"]
 
 CATEGORIES: Tuple[str, ...] = tuple(TEMPLATES)      # ("bird", "quadruped", "figure", "face")
 SPLITS: Tuple[str, ...] = ("train", "val", "test")
 MIN_SIZE, MAX_SIZE = 16, 512
+APPEARANCES: Tuple[str, ...] = ("typed", "varied")
 
 PART_NAMES: Dict[str, Tuple[str, ...]] = {c: t.parts for c, t in TEMPLATES.items()}
 LANDMARK_NAMES: Dict[str, Tuple[str, ...]] = {c: t.landmark_names for c, t in TEMPLATES.items()}
@@ -132,6 +142,7 @@ class SyntheticConfig:
     distractors: int = 1
     n_instances: int = 1
     noise: float = 0.02
+    appearance: str = "typed"
 
     def __post_init__(self) -> None:
         def number(name: str, lo: float, hi: float) -> None:
@@ -152,6 +163,8 @@ class SyntheticConfig:
         for name in ("flip", "articulation", "clutter", "occlusion"):
             number(name, 0.0, 1.0)
         number("noise", 0.0, 0.5)
+        if self.appearance not in APPEARANCES:
+            raise ValueError(f"SyntheticConfig.appearance={self.appearance!r} must be one of {APPEARANCES}")
         count("distractors", 0, MAX_DISTRACTORS)
         count("n_instances", 1, MAX_INSTANCES)
         sc = self.scale
@@ -173,8 +186,16 @@ class SyntheticConfig:
         return cls(rotation=45.0, scale=(0.6, 1.2), translation=0.3, articulation=1.0, clutter=1.0,
                    occlusion=0.5, distractors=3, n_instances=2, noise=0.05)
 
+    @classmethod
+    def varied(cls) -> "SyntheticConfig":
+        """The default world with instance-varied colours: colour does not name a part."""
+        return cls(appearance="varied")
+
 
 ConfigLike = Union[SyntheticConfig, str, Dict[str, Any], None]
+# the named worlds (``config="varied"``, ``DataSpec.world``)
+WORLDS = {"default": SyntheticConfig, "easy": SyntheticConfig.easy, "hard": SyntheticConfig.hard,
+          "varied": SyntheticConfig.varied}
 
 
 def _coerce_config(config: ConfigLike) -> SyntheticConfig:
@@ -183,7 +204,7 @@ def _coerce_config(config: ConfigLike) -> SyntheticConfig:
     if isinstance(config, SyntheticConfig):
         return config
     if isinstance(config, str):
-        presets = {"default": SyntheticConfig, "easy": SyntheticConfig.easy, "hard": SyntheticConfig.hard}
+        presets = WORLDS
         if config not in presets:
             raise ValueError(f"config={config!r} is not a preset; use one of {tuple(presets)} or a SyntheticConfig")
         return presets[config]()
@@ -236,7 +257,8 @@ def render(category: str, index: int, *, size: int = 64, seed: int = 0, split: s
            config: ConfigLike = None) -> Dict[str, np.ndarray]:
     """Render sample ``index`` of ``category`` at ``size`` x ``size`` pixels (numpy arrays, keys above).
 
-    ``config``: a :class:`SyntheticConfig`, a dict of knobs, ``"easy"``/``"default"``/``"hard"`` or None.
+    ``config``: a :class:`SyntheticConfig`, a dict of knobs, a named world (:data:`WORLDS`: ``"default"``,
+    ``"easy"``, ``"hard"``, ``"varied"``) or None.
     """
     scene, size = _prepare(category, index, size, seed, split, config)
     states = [inst.state for inst in scene.instances]

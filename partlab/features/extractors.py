@@ -53,7 +53,9 @@ VGG19_RECIPES: Dict[str, Dict[str, float]] = {
     "perceptual": {f"relu{b}_1": 10.0 for b in range(1, 6)},    # motion method, weight 10 each
 }
 
-_EXTRACTOR_CHOICES = ("auto", "vgg19", "standin", "rgb")
+# "standin" is the current stand-in; earlier ones stay loadable by version name
+_STANDIN_NAMES = ("standin_v1",)
+_EXTRACTOR_CHOICES = ("auto", "vgg19", "standin") + _STANDIN_NAMES + ("rgb",)
 
 
 class FeatureExtractor(nn.Module):
@@ -228,7 +230,8 @@ def get_extractor(features: str = "auto", device: "str | torch.device" = "auto",
 
     Args:
         features: ``"vgg19"`` (ImageNet weights from the local torch cache, error if absent),
-            ``"standin"`` (partlab's offline network shipped in ``data/standin/``),
+            ``"standin"`` (partlab's offline network shipped in ``data/standin/``; an earlier version by
+            name, e.g. ``"standin_v1"``),
             ``"auto"`` (vgg19 when its weights are cached, else standin; the choice is printed),
             ``"rgb"`` (raw pixels, a reference).
         device: ``"auto"`` (cuda, mps, cpu) or an explicit device.
@@ -262,10 +265,10 @@ def get_extractor(features: str = "auto", device: "str | torch.device" = "auto",
     if key not in _CACHE:
         if features == "vgg19":
             extractor = VGG19Features()
-        elif features == "standin":
+        elif features == "standin" or features in _STANDIN_NAMES:
             from partlab.features.standin import StandinFeatures
 
-            extractor = StandinFeatures()
+            extractor = StandinFeatures(None if features == "standin" else features)
         else:
             extractor = RGBFeatures()
         _CACHE[key] = extractor.to(dev)

@@ -87,16 +87,30 @@ STANDIN_TRAINING = {
 }
 
 
+# Every stand-in partlab has shipped, loadable by name (``get_extractor("standin_v1")``); ``"standin"``
+# is :data:`STANDIN_DEFAULT`. Each version keeps the layer roles chosen for it and its training recipe.
+STANDIN_VERSIONS: Dict[str, dict] = {
+    "standin_v1": {"recipes": STANDIN_RECIPES, "semantic_layers": {"mid": "relu3_2", "high": "relu4_2"},
+                   "training": STANDIN_TRAINING},
+}
+STANDIN_DEFAULT = "standin_v1"
+
+
 class StandinMissing(FileNotFoundError):
     """The stand-in weights file is not where partlab expects it."""
 
 
-def standin_path() -> Path:
-    """The stand-in weights: ``$PARTLAB_STANDIN`` if set, else ``<repo>/data/standin/standin_v1.pt``."""
-    env = os.environ.get("PARTLAB_STANDIN")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "data" / "standin" / STANDIN_FILE
+def standin_path(version: Optional[str] = None) -> Path:
+    """The stand-in weights: ``version``'s file in ``<repo>/data/standin/`` when named; else
+    ``$PARTLAB_STANDIN`` if set, else the current version's file (:data:`STANDIN_DEFAULT`)."""
+    if version is None:
+        env = os.environ.get("PARTLAB_STANDIN")
+        if env:
+            return Path(env)
+        version = STANDIN_DEFAULT
+    if version not in STANDIN_VERSIONS:
+        raise ValueError(f"unknown stand-in version {version!r}; choose one of {list(STANDIN_VERSIONS)}")
+    return Path(__file__).resolve().parents[2] / "data" / "standin" / f"{version}.pt"
 
 
 def standin_network(layout: Sequence = STANDIN_LAYOUT) -> tuple[nn.Sequential, Dict[str, int]]:
@@ -123,6 +137,8 @@ class StandinFeatures(_NormalisedSequential):
     name = "standin"
 
     def __init__(self, path: Optional[os.PathLike] = None):
+        if isinstance(path, str) and path in STANDIN_VERSIONS:
+            path = standin_path(path)
         path = Path(path) if path is not None else standin_path()
         if not path.is_file():
             raise StandinMissing(
@@ -138,23 +154,37 @@ class StandinFeatures(_NormalisedSequential):
             raise StandinMissing(f"could not read the stand-in features {path} ({type(exc).__name__}: {exc}); "
                                  f"rebuild them with `python -m partlab.features build-standin`") from exc
         super().__init__(features, index)
-        self.recipes = {k: dict(v) for k, v in STANDIN_RECIPES.items()}
-        self.semantic_layers = {"mid": "relu3_2", "high": "relu4_2"}
-        self.weights_hash = _file_tag(path)
         self.record = dict(blob.get("record", {}))
+        self.version = self.record.get("version", "standin_v1")
+        roles = STANDIN_VERSIONS.get(self.version, STANDIN_VERSIONS["standin_v1"])
+        self.recipes = {k: dict(v) for k, v in roles["recipes"].items()}
+        self.semantic_layers = dict(roles["semantic_layers"])
+        self.weights_hash = _file_tag(path)
         self.description = (f"partlab stand-in CNN trained label-free on synthetic images "
                             f"(dense equivariant contrast; {path.name}), not ImageNet features")
 
 
 # ------------------------------------------------------------------------------------- training
 
+def hue_rotate(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate each image's colours by ``angles`` (B,) radians about the grey axis (a full hue rotation,
+    unlike colour jitter's small hue shift), clamped to [0, 1]."""
+    c, s = torch.cos(angles), torch.sin(angles)
+    k, r = (1 - c) / 3, s / 3 ** 0.5
+    rows = [torch.stack(row, -1) for row in ((c + k, k - r, k + r), (k + r, c + k, k - r), (k - r, k + r, c + k))]
+    matrix = torch.stack(rows, -2)                                                        # (B, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", matrix, images).clamp(0, 1)
+
+
 def _augment(images: torch.Tensor, jitter: dict, permute: bool, grayscale_p: float,
-             generator: torch.Generator) -> torch.Tensor:
-    """Colour jitter, random channel permutation, random greyscale: colour cannot identify a pixel."""
+             generator: torch.Generator, hue_rotation: bool = False) -> torch.Tensor:
+    """Colour jitter, random hue rotation, channel permutation, greyscale: colour cannot identify a pixel."""
     from partlab.geometry import color_jitter
 
     x = color_jitter(images, **jitter, generator=generator)
     b = x.shape[0]
+    if hue_rotation:
+        x = hue_rotate(x, 2 * torch.pi * torch.rand(b, generator=generator))
     if permute:
         perm = torch.stack([torch.randperm(3, generator=generator) for _ in range(b)])       # (B, 3)
         x = torch.gather(x, 1, perm[:, :, None, None].expand_as(x))
@@ -189,6 +219,69 @@ def dense_contrastive_loss(e_anchor: torch.Tensor, e_target: torch.Tensor, valid
     return torch.stack(losses).mean()
 
 
+def sinkhorn(scores: torch.Tensor, iterations: int = 3, epsilon: float = 0.05) -> torch.Tensor:
+    """Balanced soft assignments of ``P`` samples to ``M`` prototypes (SwAV's Sinkhorn-Knopp):
+    ``scores (P, M)`` -> ``Q (P, M)``, rows summing to 1, each prototype receiving ``P / M`` in total."""
+    q = torch.exp((scores - scores.max()) / epsilon).T                                    # (M, P)
+    q = q / q.sum()
+    m, p = q.shape
+    for _ in range(iterations):
+        q = q / q.sum(1, keepdim=True) / m
+        q = q / q.sum(0, keepdim=True) / p
+    return (q * p).T
+
+
+def swapped_clustering_loss(z_a: torch.Tensor, z_b: torch.Tensor, prototypes: torch.Tensor,
+                            temperature: float, iterations: int = 3) -> torch.Tensor:
+    """SwAV's swapped prediction on corresponding pixels of two views, prototypes shared by the batch.
+
+    ``z_a, z_b (P, D)``: unit embeddings of the same ``P`` pixels (of every image in the batch) in the
+    two views; ``prototypes (M, D)`` unit vectors. Each view's balanced codes (:func:`sinkhorn`, no
+    gradient) are the targets of the other view's softmax over the prototypes. Because the codes are
+    balanced over the pixels of *all* images, a prototype can only be "head-like pixels" if it holds
+    such pixels from many images: what one image's pixel is called must agree across instances.
+    """
+    s_a, s_b = z_a @ prototypes.T, z_b @ prototypes.T                                     # (P, M)
+    with torch.no_grad():
+        q_a, q_b = sinkhorn(s_a.detach(), iterations), sinkhorn(s_b.detach(), iterations)
+    log_a, log_b = F.log_softmax(s_a / temperature, 1), F.log_softmax(s_b / temperature, 1)
+    return -0.5 * ((q_b * log_a).sum(1).mean() + (q_a * log_b).sum(1).mean())
+
+
+def random_crops(images: torch.Tensor, scale: Sequence[float], size: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    """One random square crop per image covering a ``scale = (lo, hi)`` fraction of its area (a
+    uniform draw), resized to ``size`` x ``size`` (bilinear): the local views of multi-crop training."""
+    b, _, h, w = images.shape
+    area = scale[0] + (scale[1] - scale[0]) * torch.rand(b, generator=generator)
+    side = area.sqrt()                                                                    # fraction of the side
+    cx = (1 - side) * (2 * torch.rand(b, generator=generator) - 1)                        # centre in [-1, 1]
+    cy = (1 - side) * (2 * torch.rand(b, generator=generator) - 1)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = side, side, cx, cy
+    grid = F.affine_grid(theta, (b, 3, size, size), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def multicrop_clustering_loss(global_z: Sequence[torch.Tensor], local_z: Sequence[torch.Tensor],
+                              prototypes: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """SwAV's multi-crop swapped prediction on image embeddings: the balanced codes of each global view
+    (:func:`sinkhorn` over the batch) are the target of every other view's softmax over the prototypes.
+    A crop of a bird's head must predict the code of the whole bird, so the trunk learns to recognise
+    each part of an object as that object's part, the same way in every instance (how ImageNet-trained
+    and self-distilled networks come to have part detectors)."""
+    scores = [z @ prototypes.T for z in list(global_z) + list(local_z)]                  # (B, M) each
+    total, terms = 0.0, 0
+    for i in range(len(global_z)):
+        with torch.no_grad():
+            q = sinkhorn(scores[i].detach(), iterations)
+        for j, s in enumerate(scores):
+            if j != i:
+                total = total - (q * F.log_softmax(s / temperature, 1)).sum(1).mean()
+                terms += 1
+    return total / terms
+
+
 def build_standin(path: Optional[os.PathLike] = None, *, steps: Optional[int] = None,
                   progress: Optional[bool] = None, **overrides) -> dict:
     """Train the stand-in from scratch and write it (fp16) to ``path`` plus ``TRAINING.json`` beside it.
@@ -212,38 +305,96 @@ def build_standin(path: Optional[os.PathLike] = None, *, steps: Optional[int] = 
     utils.seed_everything(cfg["seed"])
     generator = torch.Generator().manual_seed(cfg["seed"])
     start = time.time()
-    images = stack_dataset(SyntheticParts(cfg["categories"], size=cfg["size"], length=cfg["images"],
-                                          seed=cfg["seed"], split="train"), keys=["image"])["image"]
+    worlds = cfg.get("worlds", ["default"])
+    per_world = -(-cfg["images"] // len(worlds))
+    images = torch.cat([stack_dataset(SyntheticParts(cfg["categories"], size=cfg["size"], length=per_world,
+                                                     seed=cfg["seed"], split="train", config=world),
+                                      keys=["image"])["image"] for world in worlds])
     features, index = standin_network()
     extractor_layers = ("relu3_2", "relu5_2")
     width = dict((f"relu{n}", c) for n, c, _, _ in STANDIN_LAYOUT)
     head = nn.Sequential(nn.Conv2d(sum(width[n] for n in extractor_layers), 128, 1), nn.ReLU(), nn.Conv2d(128, 64, 1))
+    clustering = cfg.get("clustering")
+    if clustering:       # a second head on the deep layer, with prototypes shared by every image
+        cluster_head = nn.Sequential(nn.Conv2d(width[clustering["layer"]], 128, 1), nn.ReLU(),
+                                     nn.Conv2d(128, clustering["dim"], 1))
+        prototypes = nn.Parameter(F.normalize(torch.randn(clustering["prototypes"], clustering["dim"],
+                                                          generator=generator), dim=1))
+        extra = list(cluster_head.parameters()) + [prototypes]
+    else:
+        extra = []
+    multicrop = cfg.get("multicrop")
+    if multicrop:        # image embeddings from the pooled deep layer, prototypes shared by every image
+        image_head = nn.Sequential(nn.Linear(width[multicrop["layer"]], 256), nn.ReLU(),
+                                   nn.Linear(256, multicrop["dim"]))
+        image_prototypes = nn.Parameter(F.normalize(torch.randn(multicrop["prototypes"], multicrop["dim"],
+                                                                generator=generator), dim=1))
+        extra += list(image_head.parameters()) + [image_prototypes]
     mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
     std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
-    last = index[extractor_layers[-1]]
+    tap_names = set(extractor_layers) | ({clustering["layer"]} if clustering else set()) \
+        | ({multicrop["layer"]} if multicrop else set())
+    last = max(index[n] for n in tap_names)
 
-    def embed(x: torch.Tensor) -> torch.Tensor:
+    image_only = False
+
+    def embed(x: torch.Tensor):
         x = (x - mean) / std
-        taps = []
+        taps = {}
         for i, module in enumerate(features[:last + 1]):
             x = module(x)
-            if i in (index[n] for n in extractor_layers):
-                taps.append(x)
-        return F.normalize(head(torch.cat(taps, dim=1)), dim=1)                        # (B, 64, h, w)
+            for name in tap_names:
+                if index[name] == i:
+                    taps[name] = x
+        e = F.normalize(head(torch.cat([taps[n] for n in extractor_layers], dim=1)), dim=1)   # (B, 64, h, w)
+        z = F.normalize(cluster_head(taps[clustering["layer"]]), dim=1) if clustering else None
+        if image_only:
+            return None, None
+        return e, z
 
-    params = list(features.parameters()) + list(head.parameters())
+    def image_embedding(x: torch.Tensor) -> torch.Tensor:
+        x = (x - mean) / std
+        stop = index[multicrop["layer"]]
+        for module in features[:stop + 1]:
+            x = module(x)
+        return F.normalize(image_head(x.mean(dim=(2, 3))), dim=1)                            # (B, dim)
+
+    params = list(features.parameters()) + list(head.parameters()) + extra
     optimizer = torch.optim.Adam(params, lr=cfg["lr"])
     history = []
     for step in utils.progress(range(cfg["steps"]), desc="stand-in", enabled=progress):
         pick = torch.randint(0, images.shape[0], (cfg["batch_size"],), generator=generator)
         x = images[pick]
         warp = random_warp(x.shape[0], **cfg["warp"], generator=generator)
-        view1 = _augment(x, cfg["jitter"], cfg["channel_permutation"], cfg["grayscale_p"], generator)
-        view2 = warp_images(_augment(x, cfg["jitter"], cfg["channel_permutation"], cfg["grayscale_p"], generator), warp)
-        e1, e2 = embed(view1), embed(view2)
+        colour = (cfg["jitter"], cfg["channel_permutation"], cfg["grayscale_p"], generator,
+                  cfg.get("hue_rotation", False))
+        view1 = _augment(x, *colour)
+        view2 = warp_images(_augment(x, *colour), warp)
+        (e1, z1), (e2, z2) = embed(view1), embed(view2)
         valid = valid_mask(warp, e1.shape[-2:])[:, 0] > 0.99                               # (B, h, w)
         loss = dense_contrastive_loss(e2, warp_images(e1, warp), valid, cfg["pixels_per_image"],
                                       cfg["temperature"], generator)
+        if clustering:
+            with torch.no_grad():
+                prototypes.data = F.normalize(prototypes.data, dim=1)
+            z1w = F.normalize(warp_images(z1, warp), dim=1)
+            where = valid.flatten(1)                                                      # (B, h*w)
+            za, zb = [], []
+            for b in range(where.shape[0]):
+                ok = where[b].nonzero()[:, 0]
+                pick = ok[torch.randperm(ok.numel(), generator=generator)[:clustering["pixels_per_image"]]]
+                za.append(z2[b].flatten(1)[:, pick].T)
+                zb.append(z1w[b].flatten(1)[:, pick].T)
+            loss = loss + clustering["weight"] * swapped_clustering_loss(
+                torch.cat(za), torch.cat(zb), prototypes, clustering["temperature"])
+        if multicrop:
+            with torch.no_grad():
+                image_prototypes.data = F.normalize(image_prototypes.data, dim=1)
+            crops = [random_crops(_augment(x, *colour), multicrop["crop_scale"], multicrop["crop_size"], generator)
+                     for _ in range(multicrop["crops"])]
+            loss = loss + multicrop["weight"] * multicrop_clustering_loss(
+                [image_embedding(view1), image_embedding(view2)], [image_embedding(c) for c in crops],
+                image_prototypes, multicrop["temperature"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

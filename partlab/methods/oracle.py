@@ -106,7 +106,8 @@ def setup(recipe, device: str = "auto", run_dir=None):
     dev = utils.device(device)
     data, settings = recipe.data, dict(recipe.model)
     seed = recipe.fit.seed
-    dataset = SyntheticParts(data.category, size=data.size, length=data.n_train, seed=seed, split="train")
+    dataset = SyntheticParts(data.category, size=data.size, length=data.n_train, seed=seed, split="train",
+                             config=data.world)
     num_parts = settings.pop("num_parts", None)
     num_parts = dataset.num_parts if num_parts is None else num_parts
     torch.manual_seed(seed)

@@ -425,7 +425,8 @@ def setup(recipe, device: str = "auto", run_dir=None):
         model_settings = {"saliency": "batch"}
     else:
         extras, model_settings = {}, {"saliency": saliency}
-    return quick_setup(SCOPS, data.category, size=data.size, n_train=data.n_train, seed=recipe.fit.seed,
+    return quick_setup(SCOPS, data.category, world=data.world, size=data.size, n_train=data.n_train,
+                       seed=recipe.fit.seed,
                        features=data.features, device=device, num_parts=num_parts, network=network,
                        feature_size=None, quick_weights={}, quick_fit={}, extras=extras, settings=model_settings,
                        model_kwargs={**weights, **settings}, describe={"saliency": saliency}, cache=data.cache)

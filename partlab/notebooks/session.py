@@ -90,10 +90,40 @@ class Session:
                         n_train=self.n_train, size=self.size, seed=self.seed, device=self.device)
         return benchmark(models, self.train_eval, self.test, **dict(settings, **kwargs))
 
+    @property
+    def world(self) -> str:
+        return self.recipe.data.world
+
+    def across_worlds(self, model=None, *, worlds=("default", "varied"), mask: str = "true",
+                      baselines=("position",), baseline_mask: str = "true") -> dict:
+        """The model (default: the session's) on the test images of each world in ``worlds`` (the same
+        scenes: the varied world repaints them): ``{world: {"test", "pred", "scores", "baselines"}}``,
+        where ``scores`` holds pooled FG-ARI/NMI (``fg_ari``: part k the same part in every image) and
+        per-image FG-ARI/NMI (``fg_ari_image``: segments within each image), and ``baselines`` the
+        feature-free position baselines (:data:`partlab.evaluation.POSITION_BASELINES`) on the same images
+        and ``baseline_mask`` (:func:`partlab.evaluation.baseline_mask`). ``mask``: ``"true"`` (the model's
+        parts judged inside the true foreground) or ``"own"`` (its own foreground)."""
+        from partlab.evaluation import benchmark_splits, predict_dataset, score_baseline, score_parts
+
+        model = self.model if model is None else model
+        n = len(self.test["image"])
+        out = {}
+        for world in dict.fromkeys(worlds):
+            train, test = (self.train_eval, self.test) if world == self.world else benchmark_splits(
+                self.category, size=self.size, n_train=len(self.train_eval["image"]), n_test=n, seed=self.seed,
+                config=world)
+            pred = predict_dataset(model, test["image"], device=self.device, fg=test["fg"] if mask == "true" else None)
+            scores = {k: v for k, v in score_parts(pred, test).items() if k.startswith("fg_")}
+            floors = {name: {k: v for k, v in score_baseline(name, train, test, num_parts=self.num_parts,
+                                                             seed=self.seed, mask=baseline_mask)[0].items() if k.startswith("fg_")}
+                      for name in baselines}
+            out[world] = {"test": test, "pred": pred, "scores": scores, "baselines": floors}
+        return out
+
     def describe(self) -> str:
         d = self.recipe.data
         lines = [f"device: {self.info['device']}",
-                 f"data: partlab synthetic world, category={d.category}, {d.size}px, {d.n_train} training images, "
+                 f"data: partlab synthetic world ({d.world}), category={d.category}, {d.size}px, {d.n_train} training images, "
                  f"seed={self.seed}; benchmark split {len(self.train_eval['image'])} + {len(self.test['image'])} images",
                  self.recipe.describe()]
         for key in ("features", "saliency", "foreground"):
@@ -103,7 +133,7 @@ class Session:
 
 
 def setup(method: str, *, quick: bool = True, device: str = "auto", dataset: str = "synthetic", seed: int = 0,
-          category: str = "bird", features: Optional[str] = "auto", n_train: Optional[int] = None,
+          category: str = "bird", world: str = "default", features: Optional[str] = "auto", n_train: Optional[int] = None,
           n_eval: Optional[int] = None, steps: Optional[int] = None, settings: Optional[Mapping[str, Any]] = None,
           data_root=None, echo: bool = True) -> Session:
     """A training notebook's first cell, in one call.
@@ -113,8 +143,8 @@ def setup(method: str, *, quick: bool = True, device: str = "auto", dataset: str
         quick: the method's quick recipe (CPU, minutes); ``False``: the same recipe on 2048 images for
             4000 steps, scored on 500 + 500 (:data:`FULL_SIZES`). The paper recipe is for
             ``partlab train METHOD --recipe paper`` on a GPU.
-        device, seed, category, features: the notebook's parameters (``fit.seed``, ``data.category``,
-            ``data.features``).
+        device, seed, category, world, features: the notebook's parameters (``fit.seed``, ``data.category``,
+            ``data.world``: ``"default"`` or ``"varied"`` colours, ``data.features``).
         dataset, data_root: the training notebooks run on the synthetic world; another dataset is refused
             with one message (real datasets are scored with ``partlab evaluate``).
         n_train, n_eval, steps: change the sizes.
@@ -131,7 +161,7 @@ def setup(method: str, *, quick: bool = True, device: str = "auto", dataset: str
     entry = get_method(method)
     sizes = dict(QUICK_SIZES if quick else FULL_SIZES)
     sizes.update({k: v for k, v in (("n_train", n_train), ("n_eval", n_eval), ("steps", steps)) if v is not None})
-    changes: dict = {"data.category": category, "fit.seed": int(seed)}
+    changes: dict = {"data.category": category, "data.world": world, "fit.seed": int(seed)}
     if features is not None and getattr(entry.cls, "feature_role", ""):
         changes["data.features"] = features
     if sizes["n_train"] is not None:
@@ -142,7 +172,7 @@ def setup(method: str, *, quick: bool = True, device: str = "auto", dataset: str
     utils.seed_everything(int(seed))
     model, train_set, info = recipe.build(device=device)
     train_eval, test = benchmark_splits(recipe.data.category, size=recipe.data.size, n_train=sizes["n_eval"],
-                                        n_test=sizes["n_eval"], seed=int(seed))
+                                        n_test=sizes["n_eval"], seed=int(seed), config=recipe.data.world)
     session = Session(entry.name, recipe, model, train_set, info, train_eval, test, info["fit"]["device"], quick)
     if echo:
         print(session.describe())

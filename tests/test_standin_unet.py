@@ -1,0 +1,93 @@
+"""Quick mode's pretrained start: the stand-in trunk as a U-Net encoder; stand-in versions and pretext pieces."""
+
+import pytest
+import torch
+
+from partlab.features import get_extractor
+from partlab.features.standin import STANDIN_VERSIONS, hue_rotate, sinkhorn, swapped_clustering_loss
+from partlab.models import NETWORKS, StandinUNet, build_network
+
+
+def test_pretrained_encoder_is_the_stand_in_trunk():
+    net = StandinUNet(7, pretrained=True)
+    extractor = get_extractor("standin", device="cpu")
+    trunk = dict(extractor.features.named_parameters())
+    first = net.encoder[0][0]
+    torch.testing.assert_close(first.weight, trunk["0.weight"])
+    assert all(p.requires_grad for p in net.backbone_parameters())
+    x = torch.rand(2, 3, 40, 56)
+    assert net(x).shape == (2, 7, 40, 56)
+    logits, feats = net(x, return_features=True)
+    assert feats.shape == (2, net.feature_channels, 40, 56)
+    scratch = StandinUNet(7, pretrained=False)
+    assert not torch.equal(scratch.encoder[0][0].weight, first.weight)
+    assert extractor.features[0].weight.requires_grad is False, "the shared extractor stays frozen"
+
+
+def test_backbone_and_head_groups_split_the_parameters():
+    net = build_network("standin_unet", 5, encoder_blocks=4)
+    assert "standin_unet" in NETWORKS
+    backbone, head = set(map(id, net.backbone_parameters())), set(map(id, net.head_parameters()))
+    assert backbone and head and not backbone & head
+    assert backbone | head == set(map(id, net.parameters()))
+    frozen = StandinUNet(5, freeze_encoder=True)
+    assert not list(frozen.backbone_parameters())
+    with pytest.raises(ValueError, match="encoder_blocks"):
+        StandinUNet(5, encoder_blocks=2)
+
+
+def test_methods_give_the_new_part_ten_times_the_learning_rate():
+    from partlab.methods import SCOPS
+    from partlab.train import TrainConfig
+
+    model = SCOPS(4, network="standin_unet", feature_channels=8, saliency="none")
+    groups = model.param_groups(TrainConfig(lr=1e-4))
+    lrs = sorted(g.get("lr", 1e-4) for g in groups if g.get("optimizer") != "sgd")
+    assert lrs == [1e-4, pytest.approx(1e-3)]
+
+
+def test_stand_in_versions_load_by_name():
+    assert "standin_v1" in STANDIN_VERSIONS
+    v1 = get_extractor("standin_v1", device="cpu")
+    assert v1.version == "standin_v1" and v1.layers_for("scops")
+
+
+def test_hue_rotation_keeps_grey_and_is_periodic():
+    x = torch.rand(3, 3, 8, 8)
+    torch.testing.assert_close(hue_rotate(x, torch.zeros(3)), x)
+    torch.testing.assert_close(hue_rotate(x, torch.full((3,), 2 * torch.pi)), x, atol=1e-5, rtol=0)
+    grey = torch.rand(2, 1, 5, 5).expand(2, 3, 5, 5)
+    torch.testing.assert_close(hue_rotate(grey, torch.tensor([1.0, 2.5])), grey, atol=1e-6, rtol=0)
+    red = torch.zeros(1, 3, 1, 1)
+    red[:, 0] = 1
+    turned = hue_rotate(red, torch.tensor([2 * torch.pi / 3]))                  # red -> green
+    assert turned[0, 1] > 0.99 and turned[0, 0] < 0.01
+
+
+def test_sinkhorn_balances_and_clustering_loss_trains():
+    torch.manual_seed(0)
+    scores = 0.5 * torch.tanh(torch.randn(64, 4)) + torch.tensor([0.4, 0, 0, 0])   # cosines; all prefer 0
+    q = sinkhorn(scores, iterations=10)
+    torch.testing.assert_close(q.sum(1), torch.ones(64))
+    torch.testing.assert_close(q.sum(0), torch.full((4,), 16.0), atol=0.5, rtol=0)
+    z = torch.nn.functional.normalize(torch.randn(32, 8), dim=1).requires_grad_()
+    protos = torch.nn.functional.normalize(torch.randn(4, 8), dim=1).requires_grad_()
+    loss = swapped_clustering_loss(z, z, protos, temperature=0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and z.grad.abs().sum() > 0 and protos.grad.abs().sum() > 0
+
+
+def test_random_crops_and_multicrop_loss():
+    from partlab.features.standin import multicrop_clustering_loss, random_crops
+
+    images = torch.rand(3, 3, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    crops = random_crops(images, (0.1, 0.3), 16, g)
+    assert crops.shape == (3, 3, 16, 16) and crops.min() >= 0 and crops.max() <= 1
+    full = random_crops(images, (1.0, 1.0), 32, g)                                   # the whole image
+    torch.testing.assert_close(full, images, atol=1e-5, rtol=0)
+    z = [torch.nn.functional.normalize(torch.randn(6, 8), dim=1).requires_grad_() for _ in range(4)]
+    protos = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    loss = multicrop_clustering_loss(z[:2], z[2:], protos, temperature=0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and all(t.grad is not None for t in z)
