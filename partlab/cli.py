@@ -136,7 +136,7 @@ def _recipe(args):
     else:
         raise ValueError(f"{args.method} has no recipe {args.recipe!r}; choose one of {list(entry.recipes)}, or give "
                          f"a recipe.json file")
-    shortcuts = {"data.category": args.category, "data.size": args.size, "data.n_train": args.n_train,
+    shortcuts = {"data.category": args.category, "data.world": args.world, "data.size": args.size, "data.n_train": args.n_train,
                  "data.features": args.features, "fit.max_steps": args.steps, "fit.batch_size": args.batch_size,
                  "fit.lr": args.lr, "fit.seed": args.seed, "fit.amp": args.amp}
     changes = {key: value for key, value in shortcuts.items() if value is not None}
@@ -476,6 +476,8 @@ def _add_train_parser(sub) -> None:
                        help="run a recipe that starts from ImageNet weights without them (random backbone, "
                             "offline stand-in features); recorded in the run folder")
     train.add_argument("--category", choices=list(_categories()), help="data.category")
+    train.add_argument("--world", choices=list(_worlds()),
+                       help="data.world: the synthetic world (default, or varied: colour does not name a part)")
     train.add_argument("--size", type=_positive_int, help="data.size: image size in pixels")
     train.add_argument("--n-train", type=_positive_int, help="data.n_train: number of training images")
     train.add_argument("--features", choices=FEATURE_CHOICES, help="data.features: the semantic features")

@@ -426,12 +426,15 @@ class Benchmark:
 
     def headline(self, method: Optional[str] = None, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
         """One line for the curriculum's summary table: each metric of ``method`` (default: the headline)
-        against the best baseline and the oracle, e.g. ``"scops: fg_ari 0.240 vs 0.198 kmeans (rbd), oracle
-        0.428; landmark_error↓ 0.195 vs 0.214 dff (rbd), oracle 0.099"``."""
+        against the best baseline and the oracle, e.g. ``"scops: fg_ari 0.240 (per image 0.270) vs 0.198 kmeans
+        (rbd), oracle 0.428; landmark_error↓ 0.195 vs 0.214 dff (rbd), oracle 0.099"`` (FG-ARI pooled over
+        the test images, the method's per-image FG-ARI in brackets)."""
         name = method or self.method
         parts = []
         for metric in metrics:
             text = f"{metric}{'' if HIGHER_IS_BETTER.get(metric, True) else '↓'} {self.results[name][metric]:.3f}"
+            if metric == "fg_ari" and "fg_ari_image" in self.results[name]:     # pooled, then per image
+                text += f" (per image {self.results[name]['fg_ari_image']:.3f})"
             if self.baselines:
                 best = rank(self.results, metric, self.baselines)[0]
                 text += f" vs {self.results[best][metric]:.3f} {best}"

@@ -137,7 +137,8 @@ class Recipe:
     def override(self, changes: Union[Mapping[str, Any], Iterable[str], None]) -> "Recipe":
         """A copy with settings changed by dotted keys: ``{"fit.lr": 1e-4, "weights.con": 100}`` or the
         command line's ``["fit.lr=1e-4", "weights.con=100"]`` (values parsed as JSON, else kept as text).
-        Unknown keys are refused with the accepted ones named."""
+        Unknown keys are refused with the accepted ones named. Changing ``model.network`` drops the old
+        network's own settings that the new one does not take (``base_channels``, ``depth`` of the U-Net)."""
         if not changes:
             return self
         if not isinstance(changes, Mapping):
@@ -157,6 +158,17 @@ class Recipe:
             if section in ("data", "fit") and name not in sections[section]:
                 raise ValueError(f"unknown recipe setting {key!r}; {section} has {sorted(sections[section])}")
             sections[section][name] = value
+        network = changes.get("model.network")
+        if network is not None and network != self.model.get("network"):
+            # switching networks drops the old network's own settings (e.g. the U-Net's base_channels) that
+            # the new one does not take, unless they were set in the same call
+            from partlab.methods.base import accepted_kwargs
+            from partlab.methods.registry import get_method
+
+            accepted = accepted_kwargs(get_method(self.method).cls, {"network": network})
+            for name in list(sections["model"]):
+                if name not in accepted and f"model.{name}" not in changes:
+                    del sections["model"][name]
         fit = sections["fit"]
         fit["betas"] = tuple(fit["betas"])
         return Recipe(self.method, self.name, sections["weights"], sections["model"], DataSpec(**sections["data"]),

@@ -5,14 +5,12 @@ recipe overrides and print its validation scores next to K-means with the same m
     python scripts/val_sweep.py contrastive --world varied --features standin_v1
 
 Scores: a validation split of ``--n-eval`` images (``split="val"``) and as many train images for the
-landmark regression, drawn with seed 100 (never the test split). ``--set model.network=standin_unet``
-drops the scratch U-Net's ``base_channels``/``depth`` settings.
+landmark regression, drawn with seed 100 (never the test split).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -48,9 +46,6 @@ def main(argv=None) -> int:
     entry = get_method(args.method)
     recipe = entry.recipe("quick")
     changes = dict(s.split("=", 1) for s in args.set)
-    if changes.get("model.network", "unet") != "unet":
-        model = {k: v for k, v in recipe.model.items() if k not in ("base_channels", "depth")}
-        recipe = dataclasses.replace(recipe, model=model)
     changes["data.world"] = args.world
     if args.features:
         changes["data.features"] = args.features

@@ -91,3 +91,16 @@ def test_random_crops_and_multicrop_loss():
     loss = multicrop_clustering_loss(z[:2], z[2:], protos, temperature=0.1)
     loss.backward()
     assert torch.isfinite(loss) and all(t.grad is not None for t in z)
+
+
+def test_recipes_switch_to_the_pretrained_start():
+    from partlab.methods.registry import get_method
+
+    recipe = get_method("scops").recipe("quick").override(["model.network=standin_unet", "model.pretrained=true",
+                                                          "data.n_train=2", "data.features=rgb"])
+    recipe = recipe.override({"model.saliency": "none"})
+    assert recipe.model["network"] == "standin_unet" and "base_channels" not in recipe.model
+    model, _, _ = recipe.build(device="cpu")
+    assert isinstance(model.network, StandinUNet) and model.network.pretrained
+    with pytest.raises(ValueError, match="depth"):
+        get_method("scops").recipe("quick").override({"model.network": "standin_unet", "model.depth": 3})

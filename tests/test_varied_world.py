@@ -105,3 +105,10 @@ def test_session_scores_a_model_on_both_worlds():
         assert w["pred"]["labels"].shape == w["test"]["parts"].shape
     np.testing.assert_array_equal(worlds["default"]["test"]["parts"], worlds["varied"]["test"]["parts"])
     assert worlds["default"]["baselines"] == worlds["varied"]["baselines"], "the position floor ignores colour"
+
+
+def test_cli_train_world_shortcut():
+    from partlab import cli
+
+    args = cli.build_parser().parse_args(["train", "scops", "--world", "varied"])
+    assert cli._recipe(args).data.world == "varied"
