@@ -34,7 +34,6 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
-FEATURE_CHOICES = ("auto", "standin", "standin_v1", "vgg19", "rgb")   # = features.extractors._EXTRACTOR_CHOICES (test_cli)
 _RECORD_KEYS = ("step", "lr", "seconds", "skipped")   # history entries that are not loss terms
 MAX_DATA_PIXELS = 250_000_000   # images x size^2 a command may synthesise and hold (3 GB of float32 RGB)
 
@@ -288,11 +287,10 @@ def _unique_name(name: str, taken) -> str:
 
 def _run_world(meta: dict) -> str:
     """The synthetic world a run folder was trained on (its recipe.json; runs without one: default)."""
-    path = Path(meta["run_dir"]) / "recipe.json"
-    try:
-        return json.loads(path.read_text())["data"].get("world", "default")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return "default"
+    from partlab.recipes import RECIPE_FILE, load_recipe
+
+    run_dir = Path(meta["run_dir"])
+    return load_recipe(run_dir).data.world if (run_dir / RECIPE_FILE).is_file() else "default"
 
 
 def _cmd_evaluate(args) -> int:
@@ -436,6 +434,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _features() -> tuple:
+    from partlab.features.extractors import _EXTRACTOR_CHOICES
+
+    return _EXTRACTOR_CHOICES
+
+
 def _worlds() -> tuple:
     from partlab.data.synthetic import WORLDS
 
@@ -480,7 +484,7 @@ def _add_train_parser(sub) -> None:
                        help="data.world: the synthetic world (default, or varied: colour does not name a part)")
     train.add_argument("--size", type=_positive_int, help="data.size: image size in pixels")
     train.add_argument("--n-train", type=_positive_int, help="data.n_train: number of training images")
-    train.add_argument("--features", choices=FEATURE_CHOICES, help="data.features: the semantic features")
+    train.add_argument("--features", choices=list(_features()), help="data.features: the semantic features")
     train.add_argument("--steps", type=_positive_int, help="fit.max_steps: optimisation steps")
     train.add_argument("--batch-size", type=_positive_int, help="fit.batch_size")
     train.add_argument("--lr", type=_positive_float, help="fit.lr: learning rate")
@@ -514,7 +518,7 @@ def _add_evaluate_parser(sub) -> None:
                                "default: the runs' world, else default")
     evaluate.add_argument("--n-test", type=_positive_int, default=200)
     evaluate.add_argument("--n-train", type=_positive_int, default=200, help="train images for landmark regression")
-    evaluate.add_argument("--features", choices=FEATURE_CHOICES, default="auto",
+    evaluate.add_argument("--features", choices=list(_features()), default="auto",
                           help="the kmeans and dff baselines' features")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the baselines")

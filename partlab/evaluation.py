@@ -148,14 +148,15 @@ ALL_BASELINES = BASELINES + tuple(POSITION_BASELINES)
 
 
 def benchmark_splits(category: str = "bird", size: int = 64, n_train: int = 200, n_test: int = 200,
-                     seed: int = 0, config=None):
+                     seed: int = 0, config=None, test_split: str = "test"):
     """The synthetic benchmark's train and test splits of ``category``, each stacked into one dict of
     tensors (``image``, ``parts``, ``fg``, ``landmarks``, ``visible``, ``bbox``, ...). The train split
-    only fits the landmark regressors (and trains the oracle); every score is on the test split."""
+    only fits the landmark regressors (and trains the oracle); every score is on the test split.
+    ``test_split="val"`` scores on the validation split instead: where settings are chosen."""
     from partlab.data import SyntheticParts, stack_dataset
 
     train = stack_dataset(SyntheticParts(category, size=size, length=n_train, seed=seed, split="train", config=config))
-    test = stack_dataset(SyntheticParts(category, size=size, length=n_test, seed=seed, split="test", config=config))
+    test = stack_dataset(SyntheticParts(category, size=size, length=n_test, seed=seed, split=test_split, config=config))
     return train, test
 
 
@@ -331,7 +332,7 @@ def summarize_seeds(per_seed: Mapping[int, Mapping[str, float]]) -> SeedSweep:
 
 def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 4), *,
                overrides: Optional[Mapping] = None, n_eval: int = 150, mask: str = "own", device="auto",
-               progress: Optional[bool] = None, split_seed: int = 0) -> SeedSweep:
+               progress: Optional[bool] = None, split_seed: int = 0, split: str = "test") -> SeedSweep:
     """Train ``method`` with ``recipe`` once per training seed and score every run on the *same* test images.
 
     Args:
@@ -342,6 +343,7 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
             augmentations all change with it).
         n_eval: train (landmark regression) and test images of the benchmark split, drawn once with
             ``split_seed`` so that every seed is scored on the same birds.
+        split: ``"test"`` (reported results) or ``"val"`` (choosing settings: never on test).
         mask: ``"own"`` or ``"true"`` (:func:`score_model`).
 
     Returns:
@@ -355,7 +357,7 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
     base = base.override(overrides)
     data = base.data
     train_eval, test = benchmark_splits(data.category, size=data.size, n_train=n_eval, n_test=n_eval,
-                                        seed=split_seed, config=data.world)
+                                        seed=split_seed, config=data.world, test_split=split)
     per_seed = {}
     for seed in seeds:
         model, dataset, info = base.override({"fit.seed": int(seed)}).build(device=device)

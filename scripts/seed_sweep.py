@@ -3,8 +3,11 @@
     python scripts/seed_sweep.py scops --seeds 0 1 2 3 4 --set fit.max_steps=400 --set data.n_train=256
     python scripts/seed_sweep.py contrastive --seeds 0 1 2 3 4 --mask true --json outputs/sweep_contrastive.json
     python scripts/seed_sweep.py contrastive --mask true --set model.num_parts=4 --columns kp_fg_nmi kp_fg_ari nmi ari
+    python scripts/seed_sweep.py scops --split val --split-seed 100 --seeds 0 1 2 --set model.network=standin_unet
 
-Every seed is scored on the same synthetic test images (:func:`partlab.evaluation.seed_sweep`); the
+Settings are chosen with ``--split val`` (the validation split); the test split only reports them.
+
+Every seed is scored on the same synthetic images (:func:`partlab.evaluation.seed_sweep`); the
 per-seed rows and the mean +- std row are printed as a Markdown table.
 """
 
@@ -29,6 +32,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE")
     parser.add_argument("--mask", choices=("own", "true"), default="own")
     parser.add_argument("--n-eval", type=int, default=150)
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="where the runs are scored: test (reported results) or val (choosing settings)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the scored images")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--columns", nargs="+", default=list(COLUMNS), choices=list(evaluation.BENCHMARK_METRICS),
                         help="metrics in the table (all are in --json); the appendix's Tables 1-2: "
@@ -38,10 +44,11 @@ def main() -> None:
 
     start = time.perf_counter()
     sweep = evaluation.seed_sweep(args.method, args.recipe, args.seeds, overrides=args.set, n_eval=args.n_eval,
-                                  mask=args.mask, device=args.device, progress=False)
+                                  mask=args.mask, device=args.device, progress=False, split=args.split,
+                                  split_seed=args.split_seed)
     minutes = (time.perf_counter() - start) / 60
     print(f"{args.method} ({args.recipe} recipe, {' '.join(args.set) or 'as is'}), mask {args.mask}, "
-          f"{len(args.seeds)} seeds, {args.n_eval} test images, {minutes:.1f} min")
+          f"{len(args.seeds)} seeds, {args.n_eval} {args.split} images (seed {args.split_seed}), {minutes:.1f} min")
     columns = args.columns
     print("| seed | " + " | ".join(columns) + " |")
     print("| --- " * (len(columns) + 1) + "|")

@@ -131,3 +131,14 @@ def test_seed_sweep_trains_every_seed_and_scores_the_same_test_images():
     assert sorted(sweep["per_seed"]) == [0, 1]
     assert sweep["per_seed"][0]["fg_ari"] != sweep["per_seed"][1]["fg_ari"]      # other seed, other run
     assert set(sweep["mean"]) >= {"fg_ari", "landmark_error"}
+
+
+def test_seed_sweep_chooses_on_the_validation_split():
+    settings = dict(seeds=(0,), n_eval=12, device="cpu", progress=False,
+                    overrides={"data.size": 32, "data.n_train": 8, "fit.max_steps": 2, "fit.batch_size": 4})
+    val = evaluation.seed_sweep("oracle", "quick", split="val", **settings)
+    test = evaluation.seed_sweep("oracle", "quick", **settings)
+    assert val["per_seed"][0]["fg_ari"] != test["per_seed"][0]["fg_ari"]          # other images scored
+    _, val_images = evaluation.benchmark_splits(size=32, n_train=2, n_test=2, test_split="val")
+    _, test_images = evaluation.benchmark_splits(size=32, n_train=2, n_test=2)
+    assert not torch.equal(val_images["image"], test_images["image"])

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from partlab import utils
-from partlab.features.extractors import VGG19_RECIPES, _file_tag, _NormalisedSequential
+from partlab.features.extractors import IMAGENET_MEAN, IMAGENET_STD, VGG19_RECIPES, _file_tag, _NormalisedSequential
 
 STANDIN_FILE = "standin_v1.pt"
 
@@ -330,34 +330,30 @@ def build_standin(path: Optional[os.PathLike] = None, *, steps: Optional[int] = 
         image_prototypes = nn.Parameter(F.normalize(torch.randn(multicrop["prototypes"], multicrop["dim"],
                                                                 generator=generator), dim=1))
         extra += list(image_head.parameters()) + [image_prototypes]
-    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     tap_names = set(extractor_layers) | ({clustering["layer"]} if clustering else set()) \
         | ({multicrop["layer"]} if multicrop else set())
-    last = max(index[n] for n in tap_names)
 
-    image_only = False
+    def trunk(x: torch.Tensor, names) -> Dict[str, torch.Tensor]:
+        """The trunk's ``names`` layers of ``x``, running it only as deep as needed."""
+        x = (x - mean) / std
+        taps, stop = {}, max(index[n] for n in names)
+        for i, module in enumerate(features[:stop + 1]):
+            x = module(x)
+            taps.update({name: x for name in names if index[name] == i})
+        return taps
 
     def embed(x: torch.Tensor):
-        x = (x - mean) / std
-        taps = {}
-        for i, module in enumerate(features[:last + 1]):
-            x = module(x)
-            for name in tap_names:
-                if index[name] == i:
-                    taps[name] = x
+        """Dense pretext embeddings ``e``, dense cluster embeddings ``z`` and image embeddings ``g``."""
+        taps = trunk(x, tap_names)
         e = F.normalize(head(torch.cat([taps[n] for n in extractor_layers], dim=1)), dim=1)   # (B, 64, h, w)
         z = F.normalize(cluster_head(taps[clustering["layer"]]), dim=1) if clustering else None
-        if image_only:
-            return None, None
-        return e, z
+        g = image_embedding(taps[multicrop["layer"]]) if multicrop else None
+        return e, z, g
 
-    def image_embedding(x: torch.Tensor) -> torch.Tensor:
-        x = (x - mean) / std
-        stop = index[multicrop["layer"]]
-        for module in features[:stop + 1]:
-            x = module(x)
-        return F.normalize(image_head(x.mean(dim=(2, 3))), dim=1)                            # (B, dim)
+    def image_embedding(deep: torch.Tensor) -> torch.Tensor:
+        return F.normalize(image_head(deep.mean(dim=(2, 3))), dim=1)                          # (B, dim)
 
     params = list(features.parameters()) + list(head.parameters()) + extra
     optimizer = torch.optim.Adam(params, lr=cfg["lr"])
@@ -370,7 +366,7 @@ def build_standin(path: Optional[os.PathLike] = None, *, steps: Optional[int] = 
                   cfg.get("hue_rotation", False))
         view1 = _augment(x, *colour)
         view2 = warp_images(_augment(x, *colour), warp)
-        (e1, z1), (e2, z2) = embed(view1), embed(view2)
+        (e1, z1, g1), (e2, z2, g2) = embed(view1), embed(view2)
         valid = valid_mask(warp, e1.shape[-2:])[:, 0] > 0.99                               # (B, h, w)
         loss = dense_contrastive_loss(e2, warp_images(e1, warp), valid, cfg["pixels_per_image"],
                                       cfg["temperature"], generator)
@@ -378,23 +374,23 @@ def build_standin(path: Optional[os.PathLike] = None, *, steps: Optional[int] = 
             with torch.no_grad():
                 prototypes.data = F.normalize(prototypes.data, dim=1)
             z1w = F.normalize(warp_images(z1, warp), dim=1)
-            where = valid.flatten(1)                                                      # (B, h*w)
-            za, zb = [], []
-            for b in range(where.shape[0]):
-                ok = where[b].nonzero()[:, 0]
-                pick = ok[torch.randperm(ok.numel(), generator=generator)[:clustering["pixels_per_image"]]]
-                za.append(z2[b].flatten(1)[:, pick].T)
-                zb.append(z1w[b].flatten(1)[:, pick].T)
+            # the same random valid pixels of every image in both views (invalid ones ranked last)
+            rank = torch.rand(valid.shape[0], valid[0].numel(), generator=generator) + valid.flatten(1)
+            count = min(clustering["pixels_per_image"], int(valid.flatten(1).sum(1).min()))
+            pick = rank.topk(count, dim=1).indices                                         # (B, P)
+            za = torch.gather(z2.flatten(2), 2, pick[:, None].expand(-1, z2.shape[1], -1))  # (B, D, P)
+            zb = torch.gather(z1w.flatten(2), 2, pick[:, None].expand(-1, z1w.shape[1], -1))
             loss = loss + clustering["weight"] * swapped_clustering_loss(
-                torch.cat(za), torch.cat(zb), prototypes, clustering["temperature"])
+                za.transpose(1, 2).flatten(0, 1), zb.transpose(1, 2).flatten(0, 1), prototypes,
+                clustering["temperature"])
         if multicrop:
             with torch.no_grad():
                 image_prototypes.data = F.normalize(image_prototypes.data, dim=1)
             crops = [random_crops(_augment(x, *colour), multicrop["crop_scale"], multicrop["crop_size"], generator)
                      for _ in range(multicrop["crops"])]
+            local = [image_embedding(trunk(c, [multicrop["layer"]])[multicrop["layer"]]) for c in crops]
             loss = loss + multicrop["weight"] * multicrop_clustering_loss(
-                [image_embedding(view1), image_embedding(view2)], [image_embedding(c) for c in crops],
-                image_prototypes, multicrop["temperature"])
+                [g1, g2], local, image_prototypes, multicrop["temperature"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -30,8 +30,6 @@ from torch import nn
 
 from partlab.models.unet import _conv_block
 
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
 
 
 class StandinUNet(nn.Module):
@@ -49,6 +47,7 @@ class StandinUNet(nn.Module):
     def __init__(self, out_channels: int, pretrained: bool = True, standin: Optional[str] = None,
                  encoder_blocks: int = 3, freeze_encoder: bool = False) -> None:
         super().__init__()
+        from partlab.features.extractors import IMAGENET_MEAN, IMAGENET_STD
         from partlab.features.standin import STANDIN_LAYOUT, standin_network
 
         if out_channels < 1:
@@ -61,13 +60,11 @@ class StandinUNet(nn.Module):
         trunk, index = standin_network()
         if pretrained:
             trunk, index, self.standin_source = _load_trunk(standin)
-        last = index[f"relu{encoder_blocks}_2"]
         widths = {int(name[0]): out for name, out, _, _ in STANDIN_LAYOUT}
         # cut the trunk into levels: a level ends at its block's second ReLU (the pool starts the next)
         cuts = [index[f"relu{b}_2"] + 1 for b in range(1, encoder_blocks + 1)]
         starts = [0] + cuts[:-1]
         self.encoder = nn.ModuleList([nn.Sequential(*list(trunk)[a:b]) for a, b in zip(starts, cuts)])
-        assert cuts[-1] == last + 1
         # stride of each level: 1, 2, 4 (block 4 is dilated, still 4)
         levels = [widths[b] for b in range(1, encoder_blocks + 1)]
         deep = levels[-1]
@@ -75,8 +72,8 @@ class StandinUNet(nn.Module):
                                  _conv_block(levels[1] + levels[0], 32, 1)])
         self.head = nn.Conv2d(32, out_channels, 1)
         self.feature_channels = 32
-        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if freeze_encoder:
             for p in self.encoder.parameters():
                 p.requires_grad_(False)
