@@ -104,3 +104,30 @@ def test_recipes_switch_to_the_pretrained_start():
     assert isinstance(model.network, StandinUNet) and model.network.pretrained
     with pytest.raises(ValueError, match="depth"):
         get_method("scops").recipe("quick").override({"model.network": "standin_unet", "model.depth": 3})
+
+
+def test_descriptor_exchange_copies_the_matching_pixel_of_the_partner():
+    from partlab.features.standin import exchange_descriptors, exchange_partners
+
+    torch.manual_seed(0)
+    e = torch.nn.functional.normalize(torch.randn(2, 8, 3, 4), dim=1)
+    # the partner holds the same descriptors at shuffled pixels: a sharp exchange finds each one there
+    shuffled = e.flatten(2)[:, :, torch.randperm(12)].reshape(2, 8, 3, 4)
+    torch.testing.assert_close(exchange_descriptors(e, shuffled, temperature=1e-3), e, atol=1e-4, rtol=0)
+    # a partner with one descriptor everywhere: every pixel becomes that descriptor
+    constant = e[:, :, :1, :1].expand_as(e)
+    torch.testing.assert_close(exchange_descriptors(e, constant, temperature=0.1), constant)
+    e.requires_grad_()
+    out = exchange_descriptors(e, e.flip(0), temperature=0.05)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and e.grad.abs().sum() > 0
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        partners = exchange_partners(torch.randn(5, 4, 2, 2), "random", g)
+        assert (partners != torch.arange(5)).all()
+    directions = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0.9, 0.1, 0, 0]])
+    near = directions[:, :, None, None].expand(3, 4, 2, 2)          # 2 is nearest to 0 and to 1
+    assert exchange_partners(near, "nearest", g).tolist() == [2, 2, 0]
+    assert exchange_partners(near[:1], "random", g).tolist() == [0]
+    with pytest.raises(ValueError, match="partner"):
+        exchange_partners(near, "farthest", g)

@@ -219,6 +219,37 @@ def dense_contrastive_loss(e_anchor: torch.Tensor, e_target: torch.Tensor, valid
     return torch.stack(losses).mean()
 
 
+def exchange_descriptors(e: torch.Tensor, partner: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Descriptor vector exchange (Thewlis et al., ICCV 2019): each pixel of ``e`` re-expressed as the
+    soft match of itself among the pixels of another image's embedding map ``partner``.
+
+    ``e, partner (B, D, h, w)`` unit embeddings; returns ``(B, D, h, w)``: for pixel p of image b,
+    ``sum_q softmax_q(<e_p, partner_q> / t) partner_q``. Used in place of ``e`` in the dense equivariant
+    loss, a pixel can only find its own correspondence in the warped view if the other instance holds
+    a pixel that plays the same role: the embedding must be shared across instances, not image-specific.
+    """
+    b, d, h, w = e.shape
+    attention = torch.softmax(e.flatten(2).transpose(1, 2) @ partner.flatten(2) / temperature, dim=2)   # (B, hw, hw)
+    return (attention @ partner.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, d, h, w)
+
+
+def exchange_partners(e: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """For each image of the batch, the index of another image to exchange descriptors with:
+    ``"random"`` (a random other image) or ``"nearest"`` (the most similar other image by mean
+    embedding, found without labels)."""
+    b = e.shape[0]
+    if b < 2:
+        return torch.zeros(b, dtype=torch.long)
+    if mode == "nearest":
+        g = F.normalize(e.detach().mean(dim=(2, 3)), dim=1)
+        similarity = g @ g.T - 3.0 * torch.eye(b)
+        return similarity.argmax(1)
+    if mode != "random":
+        raise ValueError(f"exchange partner must be 'random' or 'nearest', not {mode!r}")
+    shift = torch.randint(1, b, (b,), generator=generator)
+    return (torch.arange(b) + shift) % b
+
+
 def sinkhorn(scores: torch.Tensor, iterations: int = 3, epsilon: float = 0.05) -> torch.Tensor:
     """Balanced soft assignments of ``P`` samples to ``M`` prototypes (SwAV's Sinkhorn-Knopp):
     ``scores (P, M)`` -> ``Q (P, M)``, rows summing to 1, each prototype receiving ``P / M`` in total."""
@@ -323,6 +354,7 @@ def build_standin(path: Optional[os.PathLike] = None, *, steps: Optional[int] = 
         extra = list(cluster_head.parameters()) + [prototypes]
     else:
         extra = []
+    exchange = cfg.get("exchange")       # {"weight", "temperature", "partner"}: descriptor vector exchange
     multicrop = cfg.get("multicrop")
     if multicrop:        # image embeddings from the pooled deep layer, prototypes shared by every image
         image_head = nn.Sequential(nn.Linear(width[multicrop["layer"]], 256), nn.ReLU(),
@@ -370,6 +402,13 @@ def build_standin(path: Optional[os.PathLike] = None, *, steps: Optional[int] = 
         valid = valid_mask(warp, e1.shape[-2:])[:, 0] > 0.99                               # (B, h, w)
         loss = dense_contrastive_loss(e2, warp_images(e1, warp), valid, cfg["pixels_per_image"],
                                       cfg["temperature"], generator)
+        if exchange:
+            loss = exchange.get("direct", 1.0) * loss
+        if exchange:
+            partner = exchange_partners(e1, exchange.get("partner", "random"), generator)
+            e1x = exchange_descriptors(e1, e1[partner], exchange["temperature"])
+            loss = loss + exchange["weight"] * dense_contrastive_loss(
+                e2, warp_images(e1x, warp), valid, cfg["pixels_per_image"], cfg["temperature"], generator)
         if clustering:
             with torch.no_grad():
                 prototypes.data = F.normalize(prototypes.data, dim=1)

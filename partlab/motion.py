@@ -1,0 +1,322 @@
+"""Motion-supervised co-part segmentation (Siarohin et al., ICPR 2020): the motion model.
+
+Two frames of one video, a *source* ``X_S`` and a *target* ``X_T``, are segmented independently
+into ``K + 1`` soft maps ``Y`` (channel 0 background) and, for every part ``k``, an anchor ``p_k``
+and a 2x2 matrix ``A_k``. The target is rebuilt by warping the source with a flow that moves each
+part affinely and leaves the background still:
+
+====================================  =========  ==========================================================
+function                              paper      what it computes
+====================================  =========  ==========================================================
+:func:`part_flow`                     Eq. 2-3    backward flow ``F(z) = sum_k Y_T,k(z) T_k(z)``, with
+                                                 ``T_k(z) = A_S,k A_T,k^-1 (z - p_T,k) + p_S,k`` for the
+                                                 parts and ``T_0(z) = z`` for the (static) background
+:func:`background_visibility`         Eq. 4      ``V = 1 - Y_T,0 * sum_{k>=1} Y_S,k``: background seen in the
+                                                 target but hidden by the object in the source
+:func:`warp_with_flow`                Eq. 5      ``W(xi, F)``: target pixel ``z`` reads the source at ``F(z)``
+:func:`regularized_inverse`           -          the damped inverse of 2x2 matrices used for ``A_T,k^-1``
+:class:`MotionSegmenter`              Sec. 3.1   the segmentation module: ``Y``, anchors ``p_k``, ``A_k``
+====================================  =========  ==========================================================
+
+Coordinates are partlab's normalised ``(x, y)`` (:mod:`partlab.geometry`): pixel centres as in
+``grid_sample(align_corners=False)``, column ``j`` of a width-``W`` map at ``x = (2j + 1) / W - 1``.
+Anchors, flows and the affine matrices all act on these ``(x, y)`` column vectors, so a flow is a
+``grid_sample`` grid and :func:`warp_with_flow` is one ``grid_sample`` call.
+
+>>> import torch
+>>> seg = torch.zeros(1, 2, 4, 4); seg[:, 0] = 1.0             # all background
+>>> shift, affine = torch.zeros(1, 1, 2), torch.eye(2).expand(1, 1, 2, 2)
+>>> flow = part_flow(seg, shift, shift, affine, affine)          # the identity grid
+>>> torch.allclose(flow[0], pixel_grid(4, 4))
+True
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from partlab.geometry import part_centers, pixel_grid
+from partlab.models.unet import UNet
+from partlab.precision import float32
+
+__all__ = ["MotionSegmenter", "background_visibility", "part_flow", "regularized_inverse", "warp_with_flow"]
+
+INVERSE_EPS = 1e-6   # damping of regularized_inverse: relative error ~1e-6 on well-conditioned matrices
+
+
+def _shape(x) -> object:
+    return tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+
+
+def _check_seg(seg: torch.Tensor, name: str) -> None:
+    if not isinstance(seg, torch.Tensor) or seg.dim() != 4 or seg.shape[1] < 2:
+        raise ValueError(f"{name} must have shape (B, K+1, H, W) with K >= 1, got {_shape(seg)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 2-3: the part flow
+# ---------------------------------------------------------------------------------------------
+
+
+@float32
+def regularized_inverse(matrices: torch.Tensor, eps: float = INVERSE_EPS) -> torch.Tensor:
+    """Damped (Tikhonov) inverse of 2x2 matrices ``(..., 2, 2)``: ``(A^T A + eps I)^-1 A^T``.
+
+    For a 2x2 matrix this is, in closed form (no cancellation, no ``torch.linalg`` call)::
+
+        A_eps^-1 = (det(A) adj(A) + eps A^T) / (det(A)^2 + eps ||A||_F^2 + eps^2)
+
+    It equals ``A^-1 / (1 + eps)`` for ``A = I`` and ``A^-1`` up to a relative ``eps / s_min^2``
+    (``s_min`` the smaller singular value) for any invertible ``A``. It is always finite: each
+    singular value ``s`` is inverted to ``s / (s^2 + eps)``, at most ``1 / (2 sqrt(eps))`` (500 for
+    the default 1e-6), and the zero matrix maps to zero. ``eps = 0`` is the exact inverse (inf/NaN
+    for singular matrices). Computed in float32 under autocast. Differentiable.
+
+    >>> regularized_inverse(torch.tensor([[2.0, 0.0], [0.0, 4.0]]), eps=0.0)
+    tensor([[0.5000, 0.0000],
+            [0.0000, 0.2500]])
+    """
+    if not isinstance(matrices, torch.Tensor) or matrices.dim() < 2 or matrices.shape[-2:] != (2, 2):
+        raise ValueError(f"regularized_inverse expects matrices of shape (..., 2, 2), got {_shape(matrices)}")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    a, b = matrices[..., 0, 0], matrices[..., 0, 1]
+    c, d = matrices[..., 1, 0], matrices[..., 1, 1]
+    det = a * d - b * c                                                     # (...)
+    adjugate = torch.stack((torch.stack((d, -b), -1), torch.stack((-c, a), -1)), -2)   # (..., 2, 2)
+    numerator = det[..., None, None] * adjugate + eps * matrices.transpose(-1, -2)
+    denominator = det * det + eps * (matrices * matrices).sum((-2, -1)) + eps * eps
+    return numerator / denominator[..., None, None]
+
+
+def _check_flow_inputs(seg_target, shift_source, shift_target, affine_source, affine_target) -> None:
+    _check_seg(seg_target, "seg_target")
+    b, k = seg_target.shape[0], seg_target.shape[1] - 1
+    for name, x, shape in (("shift_source", shift_source, (b, k, 2)), ("shift_target", shift_target, (b, k, 2)),
+                           ("affine_source", affine_source, (b, k, 2, 2)),
+                           ("affine_target", affine_target, (b, k, 2, 2))):
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != shape:
+            want = "(B, K, 2)" if len(shape) == 3 else "(B, K, 2, 2)"
+            raise ValueError(f"{name} must have shape {want} = {shape} to match seg_target "
+                             f"{tuple(seg_target.shape)}, got {_shape(x)}")
+
+
+@float32
+def part_flow(seg_target: torch.Tensor, shift_source: torch.Tensor, shift_target: torch.Tensor,
+              affine_source: torch.Tensor, affine_target: torch.Tensor, eps: float = INVERSE_EPS) -> torch.Tensor:
+    """Backward optical flow from the target frame to the source frame, Eq. (2)-(3).
+
+    ::
+
+        F(z) = Y_T,0(z) z + sum_{k=1..K} Y_T,k(z) T_k(z),
+        T_k(z) = A_S,k A_T,k^-1 (z - p_T,k) + p_S,k                         (Eq. 2)
+
+    Target pixel ``z`` shows what the source shows at ``F(z)``: part ``k`` of the target is the
+    source's part ``k`` moved by the affine map that takes the source anchor ``p_S,k`` to the target
+    anchor ``p_T,k``; the background (channel 0) does not move. The segmentation weights the
+    per-part flows as given (Eq. 3); for probabilities (channels summing to 1) the flow is a convex
+    combination of the ``T_k(z)`` and ``z``.
+
+    Args:
+        seg_target: ``(B, K+1, H, W)`` target segmentation ``Y_T`` (channel 0 background).
+        shift_source, shift_target: ``(B, K, 2)`` anchors ``p_S,k``, ``p_T,k``, normalised ``(x, y)``.
+        affine_source, affine_target: ``(B, K, 2, 2)`` matrices ``A_S,k``, ``A_T,k`` acting on
+            ``(x, y)`` column vectors.
+        eps: damping of the inverse ``A_T,k^-1`` (:func:`regularized_inverse`): a singular or
+            near-singular ``A_T,k`` gives a finite flow (all-zero ``A_T,k``: ``T_k(z) = p_S,k``),
+            never NaN; well-conditioned matrices are inverted to a relative 1e-6.
+
+    Returns:
+        ``(B, H, W, 2)`` flow in normalised ``(x, y)``: a ``grid_sample(align_corners=False)`` grid
+        (:func:`warp_with_flow`). Differentiable w.r.t. every input. Computed in float32 under autocast.
+    """
+    _check_flow_inputs(seg_target, shift_source, shift_target, affine_source, affine_target)
+    _, _, h, w = seg_target.shape
+    z = pixel_grid(h, w, device=seg_target.device, dtype=seg_target.dtype)      # (H, W, 2)
+    motion = affine_source @ regularized_inverse(affine_target, eps)            # A_S A_T^-1, (B, K, 2, 2)
+    offset = z - shift_target[:, :, None, None, :]                              # z - p_T, (B, K, H, W, 2)
+    part_flows = torch.einsum("bkij,bkhwj->bkhwi", motion, offset) + shift_source[:, :, None, None, :]
+    weights = seg_target.unsqueeze(-1)                                          # (B, K+1, H, W, 1)
+    return weights[:, 0] * z + (weights[:, 1:] * part_flows).sum(1)            # (B, H, W, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 4: background visibility
+# ---------------------------------------------------------------------------------------------
+
+
+@float32
+def background_visibility(seg_source: torch.Tensor, seg_target: torch.Tensor,
+                          stop_gradient: bool = True) -> torch.Tensor:
+    """Background visibility mask, Eq. (4): 0 where the target shows background that the object
+    hides in the source (the warped source has nothing to show there), 1 elsewhere.
+
+    ::
+
+        V = 1 - Y_T,0 * O_S,      O_S = sum_{k>=1} Y_S,k,      Y_T,0 = 1 - sum_{k>=1} Y_T,k
+
+    The target background is taken as ``1 - sum`` of the target's part channels and, with
+    ``stop_gradient`` (the paper's *Full* model), detached: no gradient reaches ``seg_target``
+    through ``V``, so the target segmentation cannot leak the target frame to the generator; the
+    source parts still get ``dV / dY_S,k = -Y_T,0``. ``stop_gradient=False`` is the *V-back-prop*
+    ablation (Table 1b): then the target's part channels also get ``dV / dY_T,k = O_S``.
+
+    Args:
+        seg_source, seg_target: ``(B, K+1, H, W)`` segmentations ``Y_S``, ``Y_T`` (channel 0 background).
+
+    Returns:
+        ``(B, 1, H, W)``, in [0, 1] for probabilities. Computed in float32 under autocast.
+    """
+    _check_seg(seg_source, "seg_source")
+    _check_seg(seg_target, "seg_target")
+    if seg_source.shape != seg_target.shape:
+        raise ValueError(f"seg_source {tuple(seg_source.shape)} and seg_target {tuple(seg_target.shape)} "
+                         "must have the same shape")
+    target_background = 1 - seg_target[:, 1:].sum(1, keepdim=True)            # Y_T,0, (B, 1, H, W)
+    if stop_gradient:
+        target_background = target_background.detach()
+    source_object = seg_source[:, 1:].sum(1, keepdim=True)                     # O_S, (B, 1, H, W)
+    return 1 - target_background * source_object
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 5: warping with a flow
+# ---------------------------------------------------------------------------------------------
+
+
+def warp_with_flow(maps: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear",
+                   padding_mode: str = "zeros") -> torch.Tensor:
+    """Back-warp float maps ``(B, C, H, W)`` (images, features) with a flow ``(B, H', W', 2)``.
+
+    Output pixel ``z`` takes the maps' value at ``flow[z]`` (normalised ``(x, y)``, ``grid_sample``
+    with ``align_corners=False``); the output has the flow's size ``(H', W')``, the maps may have any
+    size. Outside the maps it is 0 (``padding_mode="zeros"``, as the original's deformation layer)
+    or the nearest border value (``"border"``). The flow is cast to the maps' dtype (half-precision
+    features under autocast). Differentiable w.r.t. the maps and the flow.
+
+    Returns:
+        ``(B, C, H', W')``.
+    """
+    if not isinstance(maps, torch.Tensor) or maps.dim() != 4 or not maps.is_floating_point():
+        raise ValueError(f"maps must be a float tensor of shape (B, C, H, W), got {_shape(maps)}")
+    if not isinstance(flow, torch.Tensor) or flow.dim() != 4 or flow.shape[-1] != 2:
+        raise ValueError(f"flow must have shape (B, H, W, 2) holding (x, y), got {_shape(flow)}")
+    if flow.shape[0] != maps.shape[0]:
+        raise ValueError(f"flow has batch size {flow.shape[0]} but the maps have {maps.shape[0]}")
+    return F.grid_sample(maps, flow.to(maps.dtype), mode=mode, padding_mode=padding_mode, align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sec. 3.1: the segmentation module
+# ---------------------------------------------------------------------------------------------
+
+
+def _gaussian_taps(scale: float) -> torch.Tensor:
+    """1-D Gaussian (sum 1) that anti-aliases a ``scale`` x downsampling: ``sigma = (1/scale - 1) / 2``
+    (scikit-image's ``rescale`` rule), truncated at 4 sigma."""
+    sigma = (1 / scale - 1) / 2
+    radius = max(1, round(4 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    taps = torch.exp(-0.5 * (x / sigma) ** 2)
+    return taps / taps.sum()
+
+
+class MotionSegmenter(nn.Module):
+    """The segmentation module of the motion-supervised method: one frame -> parts and their motion.
+
+    The image is anti-aliased (Gaussian, ``sigma = (1/scale - 1) / 2``, replicate padding) and
+    resized by ``scale`` (the original: 256 px frames at ``scale=0.25``, a 64x64 network; quick mode:
+    64 px frames at ``scale=1`` or ``0.5``). A U-Net hourglass (:class:`partlab.models.UNet`, its 1x1
+    head replaced by the three 7x7 heads below) maps it to features, from which:
+
+    - ``K + 1`` segmentation logits, softmax over channels -> ``Y``, resized (bilinear) back to the
+      image size;
+    - ``K`` keypoint logits, softmax over space of ``logits / temperature`` -> heatmaps ``H_k``; the
+      anchor ``p_k = sum_z H_k(z) z`` is their expectation in normalised ``(x, y)``;
+    - ``4K`` affine channels ``a_k(z)`` (row-major 2x2 per part), their conv initialised to weight 0
+      and bias ``[1, 0, 0, 1]``; ``A_k = sum_z H_k(z) a_k(z)``, so every ``A_k = I`` at initialisation.
+
+    The three outputs are post-processed in float32 (the network may run under autocast).
+
+    Args:
+        num_parts: ``K``, the number of foreground parts.
+        scale: input resize factor in (0, 1]; 1 feeds the image as it is.
+        base_channels, depth: of the U-Net (the scaled input must be at least ``2**depth`` pixels).
+        temperature: of the keypoint softmax (0.1 in the original).
+        head_kernel: kernel size of the three heads (7 in the original; odd).
+        in_channels: 3 for RGB in [0, 1].
+
+    >>> net = MotionSegmenter(4, scale=0.5, base_channels=8)
+    >>> out = net(torch.rand(2, 3, 32, 32))
+    >>> out["seg"].shape, out["shift"].shape, out["affine"].shape, out["heatmap"].shape
+    (torch.Size([2, 5, 32, 32]), torch.Size([2, 4, 2]), torch.Size([2, 4, 2, 2]), torch.Size([2, 4, 16, 16]))
+    """
+
+    def __init__(self, num_parts: int, scale: float = 0.25, base_channels: int = 16, depth: int = 3,
+                 temperature: float = 0.1, head_kernel: int = 7, in_channels: int = 3) -> None:
+        super().__init__()
+        if num_parts < 1:
+            raise ValueError(f"MotionSegmenter needs num_parts >= 1, got {num_parts}")
+        if not 0 < scale <= 1:
+            raise ValueError(f"scale must be in (0, 1], got {scale}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if head_kernel < 1 or head_kernel % 2 == 0:
+            raise ValueError(f"head_kernel must be a positive odd number, got {head_kernel}")
+        self.num_parts, self.scale, self.temperature = num_parts, float(scale), float(temperature)
+        self.hourglass = UNet(1, base_channels=base_channels, depth=depth, in_channels=in_channels)
+        self.hourglass.head = nn.Identity()             # the U-Net returns its last decoder features
+        features, pad = self.hourglass.feature_channels, head_kernel // 2
+        self.seg_head = nn.Conv2d(features, num_parts + 1, head_kernel, padding=pad)
+        self.keypoint_head = nn.Conv2d(features, num_parts, head_kernel, padding=pad)
+        self.affine_head = nn.Conv2d(features, 4 * num_parts, head_kernel, padding=pad)
+        nn.init.zeros_(self.affine_head.weight)
+        with torch.no_grad():
+            self.affine_head.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 1.0]).repeat(num_parts))
+        taps = _gaussian_taps(self.scale) if self.scale < 1 else torch.ones(1)
+        self.register_buffer("blur_taps", taps, persistent=False)
+
+    def downscale(self, images: torch.Tensor) -> torch.Tensor:
+        """Anti-aliased resize of ``(B, C, H, W)`` by ``scale`` (the identity for ``scale=1``).
+
+        The resize is bilinear with ``align_corners=False``, so a pixel of the small image sits at the
+        same normalised ``(x, y)`` as the region it summarises (anchors need no correction)."""
+        if self.scale == 1:
+            return images
+        h, w = images.shape[-2:]
+        c, radius = images.shape[1], self.blur_taps.numel() // 2
+        taps = self.blur_taps.to(images.dtype)
+        x = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+        x = F.conv2d(x, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)     # along the width
+        x = F.conv2d(x, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)     # along the height
+        size = (max(1, round(h * self.scale)), max(1, round(w * self.scale)))
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Parts and motion of one frame.
+
+        Args:
+            images: ``(B, C, H, W)`` float, RGB in [0, 1].
+
+        Returns:
+            dict with ``"seg"`` ``(B, K+1, H, W)`` probabilities at the image size (channel 0
+            background), ``"shift"`` ``(B, K, 2)`` anchors ``p_k`` in normalised ``(x, y)``,
+            ``"affine"`` ``(B, K, 2, 2)`` matrices ``A_k``, ``"heatmap"`` ``(B, K, h, w)`` the keypoint
+            heatmaps at the network's size ``h x w`` (each sums to 1 over space).
+        """
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+            raise ValueError(f"MotionSegmenter expects float images of shape (B, C, H, W), got {_shape(images)}")
+        features = self.hourglass(self.downscale(images))                        # (B, F, h, w)
+        b, k = images.shape[0], self.num_parts
+        h, w = features.shape[-2:]
+        seg = self.seg_head(features).float().softmax(1)                        # (B, K+1, h, w)
+        if seg.shape[-2:] != images.shape[-2:]:
+            seg = F.interpolate(seg, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        keypoint_logits = self.keypoint_head(features).float() / self.temperature
+        heatmap = keypoint_logits.flatten(2).softmax(-1).view(b, k, h, w)     # softmax over space
+        shift = part_centers(heatmap)                                           # (B, K, 2)
+        local_affine = self.affine_head(features).float().view(b, k, 4, h, w)  # a_k(z), (B, K, 4, h, w)
+        affine = (local_affine * heatmap[:, :, None]).sum((-2, -1)).view(b, k, 2, 2)
+        return {"seg": seg, "shift": shift, "affine": affine, "heatmap": heatmap}
