@@ -16,7 +16,13 @@ function                              paper      what it computes
 :func:`warp_with_flow`                Eq. 5      ``W(xi, F)``: target pixel ``z`` reads the source at ``F(z)``
 :func:`regularized_inverse`           -          the damped inverse of 2x2 matrices used for ``A_T,k^-1``
 :class:`MotionSegmenter`              Sec. 3.1   the segmentation module: ``Y``, anchors ``p_k``, ``A_k``
+:class:`MotionGenerator`              Sec. 3.3   the reconstruction module ``G``: encoder, Eq. 5 on its
+                                                 features, residual bottleneck, decoder
+:func:`antialias_downscale`           -          Gaussian blur + resize (segmenter input, loss pyramid)
 ====================================  =========  ==========================================================
+
+The losses that train these modules (perceptual Eq. 6, equivariance of anchors and affines) are in
+:mod:`partlab.losses.motion`; the method that wires them is :class:`partlab.methods.MotionCoPart`.
 
 Coordinates are partlab's normalised ``(x, y)`` (:mod:`partlab.geometry`): pixel centres as in
 ``grid_sample(align_corners=False)``, column ``j`` of a width-``W`` map at ``x = (2j + 1) / W - 1``.
@@ -39,9 +45,11 @@ from torch import nn
 
 from partlab.geometry import part_centers, pixel_grid
 from partlab.models.unet import UNet
+from partlab.models.unet import _norm as group_norm
 from partlab.precision import float32
 
-__all__ = ["MotionSegmenter", "background_visibility", "part_flow", "regularized_inverse", "warp_with_flow"]
+__all__ = ["MotionGenerator", "MotionSegmenter", "antialias_downscale", "background_visibility", "part_flow",
+           "regularized_inverse", "warp_with_flow"]
 
 INVERSE_EPS = 1e-6   # damping of regularized_inverse: relative error ~1e-6 on well-conditioned matrices
 
@@ -223,6 +231,30 @@ def _gaussian_taps(scale: float) -> torch.Tensor:
     return taps / taps.sum()
 
 
+def antialias_downscale(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """Anti-aliased resize of ``(B, C, H, W)`` float maps by ``scale`` in (0, 1] (the identity for 1).
+
+    A separable Gaussian blur (``sigma = (1/scale - 1) / 2``, truncated at 4 sigma, replicate padding)
+    then a bilinear resize (``align_corners=False``) to ``round(H * scale) x round(W * scale)``, so a
+    pixel of the small map sits at the same normalised ``(x, y)`` as the region it summarises. Used by
+    :class:`MotionSegmenter` on its input and by the image pyramid of the perceptual loss
+    (:func:`partlab.losses.perceptual_loss`). Constants stay constant. Differentiable.
+    """
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    if scale == 1:
+        return images
+    h, w = images.shape[-2:]
+    c = images.shape[1]
+    taps = _gaussian_taps(scale).to(images.device, images.dtype)
+    radius = taps.numel() // 2
+    x = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)     # along the width
+    x = F.conv2d(x, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)     # along the height
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 class MotionSegmenter(nn.Module):
     """The segmentation module of the motion-supervised method: one frame -> parts and their motion.
 
@@ -275,24 +307,12 @@ class MotionSegmenter(nn.Module):
         nn.init.zeros_(self.affine_head.weight)
         with torch.no_grad():
             self.affine_head.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 1.0]).repeat(num_parts))
-        taps = _gaussian_taps(self.scale) if self.scale < 1 else torch.ones(1)
-        self.register_buffer("blur_taps", taps, persistent=False)
 
     def downscale(self, images: torch.Tensor) -> torch.Tensor:
-        """Anti-aliased resize of ``(B, C, H, W)`` by ``scale`` (the identity for ``scale=1``).
-
-        The resize is bilinear with ``align_corners=False``, so a pixel of the small image sits at the
-        same normalised ``(x, y)`` as the region it summarises (anchors need no correction)."""
-        if self.scale == 1:
-            return images
-        h, w = images.shape[-2:]
-        c, radius = images.shape[1], self.blur_taps.numel() // 2
-        taps = self.blur_taps.to(images.dtype)
-        x = F.pad(images, (radius, radius, radius, radius), mode="replicate")
-        x = F.conv2d(x, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)     # along the width
-        x = F.conv2d(x, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)     # along the height
-        size = (max(1, round(h * self.scale)), max(1, round(w * self.scale)))
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        """Anti-aliased resize of ``(B, C, H, W)`` by ``scale`` (:func:`antialias_downscale`; the identity
+        for ``scale=1``). A pixel of the small image sits at the same normalised ``(x, y)`` as the region
+        it summarises, so anchors need no correction."""
+        return antialias_downscale(images, self.scale)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Parts and motion of one frame.
@@ -320,3 +340,136 @@ class MotionSegmenter(nn.Module):
         local_affine = self.affine_head(features).float().view(b, k, 4, h, w)  # a_k(z), (B, K, 4, h, w)
         affine = (local_affine * heatmap[:, :, None]).sum((-2, -1)).view(b, k, 2, 2)
         return {"seg": seg, "shift": shift, "affine": affine, "heatmap": heatmap}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sec. 3.3 and Eq. 5: the reconstruction module
+# ---------------------------------------------------------------------------------------------
+
+
+def _conv_norm_relu(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
+    """``kernel x kernel`` conv (no bias, same size) - GroupNorm - ReLU."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
+                         group_norm(out_channels), nn.ReLU(inplace=True))
+
+
+class _ResidualBlock(nn.Module):
+    """``x + conv(relu(norm(conv(relu(norm(x))))))``, 3x3 convs, same channels and size."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(group_norm(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1),
+                                  group_norm(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class MotionGenerator(nn.Module):
+    """The reconstruction module ``G``: encode the source frame, deform its features, decode an image.
+
+    Johnson et al.'s image-transformation network, as in the paper (Sec. 3.3 and Appendix A)::
+
+        encode   7x7 conv (C) - 2 down blocks (3x3 conv, 2x2 average pool: 2C, 4C)     -> xi, 1/4 size
+        deform   xi' = V * W(xi, F)                                                      (Eq. 5)
+        decode   residual blocks (4C) - 2 up blocks (x2 nearest, 3x3 conv: 2C, C) - 7x7 conv - sigmoid
+
+    ``C = base_channels`` (64 in the paper; smaller in quick mode); every conv is followed by
+    GroupNorm and ReLU (GroupNorm as in partlab's U-Net, where the original has BatchNorm: a batch of
+    one behaves as in training). The flow ``F`` and the visibility ``V`` are given at the features'
+    resolution (:class:`partlab.methods.MotionCoPart` computes them there from the segmentation).
+
+    With ``condition_channels > 0`` (the paper's *Naive* ablation) the bottleneck instead receives
+    maps concatenated to the source features (the target segmentation), fused back to ``4C``
+    channels by a 1x1 conv (:meth:`condition`); nothing is warped.
+
+    Args:
+        base_channels: ``C``.
+        num_residual: residual blocks in the bottleneck (6 in the paper).
+        condition_channels: channels of the maps :meth:`condition` concatenates (0: none).
+        in_channels, out_channels: 3 (RGB in [0, 1]).
+
+    >>> g = MotionGenerator(base_channels=8, num_residual=1)
+    >>> xi = g.encode(torch.rand(2, 3, 32, 32)); xi.shape
+    torch.Size([2, 32, 8, 8])
+    >>> g.decode(xi, size=(32, 32)).shape
+    torch.Size([2, 3, 32, 32])
+    """
+
+    NUM_DOWN = 2
+
+    def __init__(self, base_channels: int = 64, num_residual: int = 6, condition_channels: int = 0,
+                 in_channels: int = 3, out_channels: int = 3) -> None:
+        super().__init__()
+        if base_channels < 1 or num_residual < 0 or condition_channels < 0:
+            raise ValueError(f"MotionGenerator needs base_channels >= 1, num_residual >= 0 and "
+                             f"condition_channels >= 0, got {base_channels}, {num_residual}, {condition_channels}")
+        widths = [base_channels * 2**i for i in range(self.NUM_DOWN + 1)]           # C, 2C, 4C
+        self.first = _conv_norm_relu(in_channels, widths[0], 7)
+        self.down = nn.ModuleList([nn.Sequential(_conv_norm_relu(widths[i], widths[i + 1], 3), nn.AvgPool2d(2))
+                                   for i in range(self.NUM_DOWN)])
+        self.fuse = nn.Conv2d(widths[-1] + condition_channels, widths[-1], 1) if condition_channels else None
+        self.bottleneck = nn.Sequential(*[_ResidualBlock(widths[-1]) for _ in range(num_residual)])
+        self.up = nn.ModuleList([_conv_norm_relu(widths[i + 1], widths[i], 3) for i in reversed(range(self.NUM_DOWN))])
+        self.final = nn.Conv2d(widths[0], out_channels, 7, padding=3)
+        self.feature_channels = widths[-1]
+
+    def encode(self, source: torch.Tensor) -> torch.Tensor:
+        """Source features ``xi`` ``(B, 4C, H/4, W/4)`` (each side at least 4 pixels)."""
+        h, w = source.shape[-2:]
+        if min(h, w) < 2**self.NUM_DOWN:
+            raise ValueError(f"MotionGenerator needs images of at least {2**self.NUM_DOWN}x{2**self.NUM_DOWN} "
+                             f"pixels, got {h}x{w}")
+        x = self.first(source)                                                    # (B, C, H, W)
+        for block in self.down:
+            x = block(x)                                                          # halves the size
+        return x
+
+    @staticmethod
+    def deform(features: torch.Tensor, flow: torch.Tensor, visibility: "torch.Tensor | None" = None) -> torch.Tensor:
+        """Eq. (5): ``xi' = V * W(xi, F)``, the features back-warped by ``flow`` ``(B, h, w, 2)``
+        (:func:`warp_with_flow`, zero outside) times ``visibility`` ``(B, 1, h, w)`` (``None``: V = 1).
+        The output has the flow's size."""
+        warped = warp_with_flow(features, flow)                                  # (B, 4C, h, w)
+        if visibility is None:
+            return warped
+        if visibility.shape != (warped.shape[0], 1, *warped.shape[-2:]):
+            raise ValueError(f"visibility must have shape (B, 1, h, w) = {(warped.shape[0], 1, *warped.shape[-2:])} "
+                             f"to match the flow, got {tuple(visibility.shape)}")
+        return warped * visibility.to(warped.dtype)
+
+    def condition(self, features: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """The *Naive* bottleneck: ``fuse([xi, maps])``, ``maps`` ``(B, condition_channels, h', w')``
+        area-resized to the features' size."""
+        if self.fuse is None:
+            raise ValueError("this MotionGenerator was built with condition_channels=0: nothing to concatenate")
+        expected = self.fuse.in_channels - features.shape[1]
+        if maps.dim() != 4 or maps.shape[:2] != (features.shape[0], expected):
+            raise ValueError(f"maps must have shape (B, {expected}, h, w) with B = {features.shape[0]}, "
+                             f"got {tuple(maps.shape)}")
+        if maps.shape[-2:] != features.shape[-2:]:
+            maps = F.interpolate(maps, size=features.shape[-2:], mode="area")
+        return self.fuse(torch.cat((features, maps.to(features.dtype)), dim=1))
+
+    def decode(self, features: torch.Tensor, size: "tuple[int, int] | None" = None) -> torch.Tensor:
+        """Image ``(B, 3, H, W)`` in [0, 1] from bottleneck features ``(B, 4C, h, w)``: ``H, W = 4h, 4w``
+        or ``size`` (a final bilinear resize when the two differ, e.g. for sides not divisible by 4)."""
+        x = self.bottleneck(features)
+        for block in self.up:
+            x = block(F.interpolate(x, scale_factor=2.0, mode="nearest"))        # doubles the size
+        x = torch.sigmoid(self.final(x))                                           # (B, 3, 4h, 4w)
+        if size is not None and tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+        return x
+
+    def forward(self, source: torch.Tensor, flow: "torch.Tensor | None" = None,
+                visibility: "torch.Tensor | None" = None, condition: "torch.Tensor | None" = None) -> torch.Tensor:
+        """Reconstruction ``(B, 3, H, W)`` of the target from the source frame ``(B, 3, H, W)``: with
+        ``flow`` (and ``visibility``) at the features' resolution, Eq. (5); with ``condition``, the
+        *Naive* bottleneck; with neither, a plain auto-encoder of the source."""
+        features = self.encode(source)
+        if condition is not None:
+            features = self.condition(features, condition)
+        if flow is not None:
+            features = self.deform(features, flow, visibility)
+        return self.decode(features, size=tuple(source.shape[-2:]))

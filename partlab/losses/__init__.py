@@ -4,6 +4,8 @@
   consistency, orthonormality.
 - :mod:`partlab.losses.contrastive`: contrastive part discovery: part consistency (L_f, L_v),
   part prototypes and the contrastive loss (L_c), equivariance on the foreground (L_e).
+- :mod:`partlab.losses.motion`: motion-supervised co-part segmentation: the multi-scale perceptual
+  reconstruction loss (Eq. 6) and the equivariance of anchors and affines.
 
 Each loss is a function returning a scalar tensor; its docstring gives the equation, the shapes
 and the reduction.
@@ -17,6 +19,12 @@ from partlab.losses.contrastive import (
     part_prototypes,
     rgb_to_lab,
 )
+from partlab.losses.motion import (
+    equivariance_affine_loss,
+    equivariance_shift_loss,
+    perceptual_loss,
+    transform_jacobian,
+)
 from partlab.losses.scops import (
     concentration_loss,
     equivariance_center_loss,
@@ -29,14 +37,18 @@ from partlab.losses.scops import (
 __all__ = [
     "concentration_loss",
     "cross_image_similarity",
+    "equivariance_affine_loss",
     "equivariance_center_loss",
     "equivariance_kl_loss",
     "equivariance_loss",
+    "equivariance_shift_loss",
     "masked_equivariance_loss",
     "orthonormal_loss",
     "part_consistency_loss",
     "part_contrastive_loss",
     "part_prototypes",
+    "perceptual_loss",
     "rgb_to_lab",
     "semantic_consistency_loss",
+    "transform_jacobian",
 ]

@@ -9,7 +9,7 @@ loss-weight explorer (:mod:`partlab.widgets`) and the registry test read it; not
 method by hand. Adding a method is its module plus one line in :data:`REGISTRY`.
 
 >>> sorted(REGISTRY)
-['contrastive', 'oracle', 'scops']
+['contrastive', 'motion', 'oracle', 'scops']
 >>> get_method("scops").terms
 ('con', 'eqv', 'lmeqv', 'sc', 'orthonormal')
 """
@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from partlab.methods import contrastive, oracle, scops
+from partlab.methods import contrastive, motion, oracle, scops
 from partlab.methods.base import PartSegmenter
 
 DATA_KINDS = ("images", "frame pairs", "scenes")
@@ -128,6 +128,8 @@ REGISTRY: dict[str, MethodEntry] = {entry.name: entry for entry in (
     MethodEntry("contrastive", contrastive.ContrastiveParts, "images", contrastive.RECIPES,
                 contrastive.CONTRASTIVE_ABLATIONS, contrastive.setup,
                 "contrastive part discovery (Choudhury et al. 2021), inside the foreground"),
+    MethodEntry("motion", motion.MotionCoPart, "frame pairs", motion.RECIPES, motion.ABLATIONS, motion.setup,
+                "motion-supervised co-part segmentation (Siarohin et al. 2020): part motion rebuilds the target frame"),
     MethodEntry("oracle", oracle.SupervisedOracle, "images", oracle.RECIPES, {}, oracle.setup,
                 "supervised oracle: the same network on the true part labels (upper bound)"),
 )}
