@@ -8,6 +8,9 @@
     partlab evaluate --run DIR [--run DIR2] [--run-mask own|true] [--baseline kmeans|dff|position|xy|rgbxy] [--baseline-mask true|rbd|none] [--json out.json]
                                                one benchmark table (partlab.evaluation) on the synthetic test split
     partlab segment --run DIR IMAGE... [--out DIR]  part overlays and label maps of your own PNG/JPG images
+    partlab swap --run DIR SOURCE TARGET --parts 1 3 --out x.png [--hard]
+                                               part swap (motion runs): the chosen parts of TARGET replaced
+                                               by those of SOURCE (partlab.motion.part_swap)
     partlab notebooks run [--quick] [--only NAME] [-p KEY VALUE] [--html]   the curriculum (papermill)
     partlab notebooks list
 
@@ -378,6 +381,41 @@ def _cmd_segment(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# partlab swap
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_swap(args) -> int:
+    import torch
+
+    from partlab import utils
+    from partlab.methods import load_method
+    from partlab.motion import check_swap_model, part_swap
+    from partlab.segment_io import read_image, resize_image, write_image
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise ValueError(f"--out {out}: name the output .png (or .jpg)")
+    _check_output(out, "--out", folder=False)
+    source_picture, target_picture = read_image(args.source), read_image(args.target)
+    dev = utils.device(args.device)
+    model, meta = load_method(args.run, map_location=dev)
+    try:
+        check_swap_model(model)
+    except ValueError as exc:
+        raise ValueError(f"{args.run} holds a {meta['method']} run: {exc}") from None
+    size = meta["size"]
+    source, target = (resize_image(picture, size)[None] for picture in (source_picture, target_picture))
+    swapped = part_swap(model, source, target, args.parts, soft=not args.hard)      # (1, 3, size, size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_image(swapped[0].to("cpu", torch.float32), out)
+    parts = " ".join(str(p) for p in args.parts)
+    print(f"wrote {out}: part(s) {parts} of {args.source} swapped into {args.target} "
+          f"({'hard' if args.hard else 'soft'} mask, {size} px, K = {model.num_parts})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # partlab notebooks
 # ---------------------------------------------------------------------------------------------
 
@@ -389,7 +427,8 @@ def _cmd_notebooks(args) -> int:
 
 
 COMMANDS: Dict[str, Callable] = {"info": _cmd_info, "render": _cmd_render, "train": _cmd_train,
-                                  "evaluate": _cmd_evaluate, "segment": _cmd_segment, "notebooks": _cmd_notebooks}
+                                  "evaluate": _cmd_evaluate, "segment": _cmd_segment, "swap": _cmd_swap,
+                                  "notebooks": _cmd_notebooks}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -533,6 +572,23 @@ def _add_segment_parser(sub) -> None:
     segment.add_argument("--device", default="auto")
 
 
+def _add_swap_parser(sub) -> None:
+    swap = sub.add_parser("swap", help="part swap with a motion run: parts of TARGET replaced by SOURCE's",
+                          description="Replace the chosen parts of the TARGET image by those of the SOURCE image "
+                                      "(Sec. 4.3 of the motion-supervised paper): both are resized to the run's "
+                                      "size and segmented, SOURCE's encoder features are moved onto TARGET's "
+                                      "parts by the part flow and blended in under the chosen parts' mask.")
+    swap.add_argument("--run", required=True, metavar="DIR", help="a run folder from `partlab train motion`")
+    swap.add_argument("source", metavar="SOURCE", help="PNG/JPG image whose parts are pasted")
+    swap.add_argument("target", metavar="TARGET", help="PNG/JPG image that is edited")
+    swap.add_argument("--parts", required=True, nargs="+", type=_positive_int, metavar="K",
+                      help="part numbers to swap, 1..K (the labels of `partlab segment`)")
+    swap.add_argument("--out", required=True, help="the swapped image (.png or .jpg), at the run's size")
+    swap.add_argument("--hard", action="store_true",
+                      help="a hard mask (the argmax parts) instead of the soft probabilities")
+    swap.add_argument("--device", default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="partlab", description="Self-supervised co-part segmentation toolkit.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -549,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_evaluate_parser(sub)
     _add_segment_parser(sub)
+    _add_swap_parser(sub)
     nb = sub.add_parser("notebooks", help="run or list the curriculum notebooks (see `partlab notebooks -h`)",
                         add_help=False)
     nb.add_argument("rest", nargs=argparse.REMAINDER)

@@ -19,6 +19,8 @@ function                              paper      what it computes
 :class:`MotionGenerator`              Sec. 3.3   the reconstruction module ``G``: encoder, Eq. 5 on its
                                                  features, residual bottleneck, decoder
 :func:`antialias_downscale`           -          Gaussian blur + resize (segmenter input, loss pyramid)
+:func:`part_swap`                     Sec. 4.3   chosen parts of a target frame replaced by a source's
+                                                 (encoder features blended under the parts' masks)
 ====================================  =========  ==========================================================
 
 The losses that train these modules (perceptual Eq. 6, equivariance of anchors and affines) are in
@@ -39,6 +41,10 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import operator
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,8 +54,8 @@ from partlab.models.unet import UNet
 from partlab.models.unet import _norm as group_norm
 from partlab.precision import float32
 
-__all__ = ["MotionGenerator", "MotionSegmenter", "antialias_downscale", "background_visibility", "part_flow",
-           "regularized_inverse", "warp_with_flow"]
+__all__ = ["MotionGenerator", "MotionSegmenter", "antialias_downscale", "background_visibility", "check_swap_model",
+           "check_swap_parts", "part_flow", "part_swap", "regularized_inverse", "swap_mask", "warp_with_flow"]
 
 INVERSE_EPS = 1e-6   # damping of regularized_inverse: relative error ~1e-6 on well-conditioned matrices
 
@@ -473,3 +479,140 @@ class MotionGenerator(nn.Module):
         if flow is not None:
             features = self.deform(features, flow, visibility)
         return self.decode(features, size=tuple(source.shape[-2:]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sec. 4.3: part swap
+# ---------------------------------------------------------------------------------------------
+
+
+def check_swap_model(model) -> None:
+    """``ValueError`` unless ``model`` can swap parts: a :class:`partlab.methods.MotionCoPart` (anything with
+    ``segment(images)``, a :class:`MotionGenerator` ``generator`` and ``num_parts``) with a motion model
+    (``motion`` ``"affine"`` or ``"shift"``; the *Naive* ablation has no flow to align the source's parts)."""
+    if not (callable(getattr(model, "segment", None)) and isinstance(getattr(model, "generator", None), MotionGenerator)
+            and isinstance(getattr(model, "num_parts", None), int)):
+        raise ValueError(f"part swap needs a motion-supervised model (partlab.methods.MotionCoPart, a run of "
+                         f"`partlab train motion`), got a {type(model).__name__}")
+    if getattr(model, "motion", "affine") == "naive":
+        raise ValueError("part swap needs the flow of a motion model, but this model was built with motion='naive' "
+                         "(the Naive ablation: the segmentation is concatenated, nothing is warped); use a model "
+                         "with motion='affine' (the full model) or 'shift'")
+
+
+def _check_swap_images(source, target) -> tuple[torch.Tensor, torch.Tensor]:
+    for name, x in (("source", source), ("target", target)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise ValueError(f"part_swap: {name} must be float images of shape (B, 3, H, W), RGB in [0, 1], got "
+                             f"{_shape(x)}{'' if not isinstance(x, torch.Tensor) else f' {x.dtype}'}")
+    if source.shape[-2:] != target.shape[-2:]:
+        raise ValueError(f"part_swap: source {tuple(source.shape[-2:])} and target {tuple(target.shape[-2:])} "
+                         f"images must have the same size (H, W); resize them first (the CLI resizes both to the "
+                         f"run's size)")
+    if source.shape[0] not in (1, target.shape[0]):
+        raise ValueError(f"part_swap: source has {source.shape[0]} images and target {target.shape[0]}: give one "
+                         f"source per target, or a single source for every target")
+    return source.expand(target.shape[0], -1, -1, -1), target
+
+
+def check_swap_parts(parts, num_parts: int) -> list[int]:
+    """``parts`` as a list of distinct ints in 1..K (``num_parts``); ``ValueError`` naming the offending value."""
+    if isinstance(parts, (str, bytes)) or not hasattr(parts, "__iter__"):
+        raise ValueError(f"parts must be a list of part indices in 1..{num_parts}, got {parts!r}")
+    chosen: list[int] = []
+    for part in parts:
+        try:
+            if isinstance(part, bool):
+                raise TypeError
+            index = operator.index(part)
+        except TypeError:
+            raise ValueError(f"parts must be integers in 1..{num_parts}, got {part!r}") from None
+        if not 1 <= index <= num_parts:
+            raise ValueError(f"part {index} is out of range: the model has K = {num_parts} parts, numbered "
+                             f"1..{num_parts} (0 is the background, which is not swapped)")
+        if index in chosen:
+            raise ValueError(f"part {index} is given twice in parts; give each part once")
+        chosen.append(index)
+    return chosen
+
+
+def swap_mask(seg: torch.Tensor, parts: Sequence[int], soft: bool = True) -> torch.Tensor:
+    """The blend weights ``B`` ``(B, 1, h, w)`` of :func:`part_swap` from a segmentation ``(B, K+1, h, w)``.
+
+    ``soft``: ``B = sum_{k in parts} Y_k`` (the probabilities, in [0, 1]; the paper's continuous masks,
+    "a smoother transition between regions"); else ``B = sum_{k in parts} [argmax_j Y_j = k]``, 1 exactly
+    where a chosen part wins the argmax over all ``K + 1`` channels (background included), 0 elsewhere.
+    ``parts`` are channel indices 1..K (checked by :func:`part_swap`); no parts give ``B = 0``.
+    """
+    index = torch.as_tensor(list(parts), dtype=torch.long, device=seg.device)
+    if soft:
+        chosen = seg.index_select(1, index)                                   # (B, len(parts), h, w)
+    else:
+        hard = F.one_hot(seg.argmax(1), seg.shape[1]).permute(0, 3, 1, 2)     # (B, K+1, h, w) in {0, 1}
+        chosen = hard.index_select(1, index).to(seg.dtype)
+    return chosen.sum(1, keepdim=True)
+
+
+@torch.no_grad()
+def part_swap(model, source: torch.Tensor, target: torch.Tensor, parts: Sequence[int], *, soft: bool = True,
+              return_mask: bool = False):
+    """Replace the chosen parts of the target frame by those of the source image (Sec. 4.3, "video editing").
+
+    Both frames are segmented (``model.segment``); the part flow from the target to the source (Eq. 2-3,
+    :func:`part_flow`) is computed from the target's segmentation at the generator's feature size
+    ``h x w = H/4 x W/4`` (area-resized, as in training); the source's encoder features are warped by it,
+    so that each source part lies where the same part lies in the target, and blended with the target's
+    own encoder features under the chosen parts' target mask ``B`` (:func:`swap_mask`)::
+
+        out = decode( enc(X_T) * (1 - B) + W(enc(X_S), F) * B )
+
+    the blend of REFERENCE_NOTES.md (the original's part swap). The visibility mask (Eq. 4) is not applied:
+    it only dims target *background* pixels, where ``B`` is ~0. With no parts (``B = 0``) the result is
+    the generator's plain auto-encoding of the target, ``model.generator(target)`` =
+    ``decode(enc(X_T))`` (not the motion reconstruction of training, which rebuilds the target from the
+    source); with ``B = 1`` everywhere and the identity flow it is ``model.generator(source)``.
+
+    Args:
+        model: a trained :class:`partlab.methods.MotionCoPart` with ``motion`` ``"affine"`` or ``"shift"``
+            (:func:`check_swap_model`); used as it is (its train/eval mode is not changed), on its device,
+            under its autocast, without gradients.
+        source: ``(B, 3, H, W)`` or ``(1, 3, H, W)`` (one source for every target), RGB in [0, 1]: the
+            image whose parts are pasted.
+        target: ``(B, 3, H, W)``, RGB in [0, 1]: the frame that is edited (same ``H, W``).
+        parts: part indices to swap, 1..K (``predict()["labels"]`` values; 0 is the background); may be empty.
+        soft: the soft mask (probabilities) or, with ``False``, the hard one-hot mask of the argmax.
+        return_mask: also return ``B``.
+
+    Returns:
+        the swapped images ``(B, 3, H, W)`` float32 in [0, 1] on the model's device; with ``return_mask``,
+        ``(images, mask)`` with the mask ``B`` ``(B, 1, h, w)`` as used, at the features' size ``H/4 x W/4``.
+
+    Raises:
+        ValueError: not a motion model, images of the wrong shape or of different sizes, part indices
+            outside 1..K, not integers or repeated.
+    """
+    check_swap_model(model)
+    source, target = _check_swap_images(source, target)
+    chosen = check_swap_parts(parts, model.num_parts)
+    generator: MotionGenerator = model.generator
+    parameter = next(model.parameters(), None)
+    if parameter is not None:
+        source, target = source.to(parameter.device), target.to(parameter.device)
+    b, dev = target.shape[0], target.device
+    region = model.autocast if callable(getattr(model, "autocast", None)) else lambda _: contextlib.nullcontext()
+    frames = torch.cat((target, source))                                           # (2B, 3, H, W)
+    motion = model.segment(frames)
+    with region(dev):
+        features = generator.encode(frames)                                        # (2B, 4C, h, w)
+    target_features, source_features = features[:b], features[b:]
+    size = tuple(features.shape[-2:])
+    seg_target = F.interpolate(motion["seg"][:b].float(), size=size, mode="area")   # (B, K+1, h, w)
+    flow = part_flow(seg_target, motion["shift"][b:], motion["shift"][:b], motion["affine"][b:],
+                     motion["affine"][:b], eps=getattr(model, "eps", INVERSE_EPS))     # (B, h, w, 2)
+    warped = warp_with_flow(source_features, flow)                                  # W(enc(X_S), F)
+    mask = swap_mask(seg_target, chosen, soft)                                      # (B, 1, h, w)
+    blend = mask.to(features.dtype)
+    blended = target_features * (1 - blend) + warped * blend
+    with region(dev):
+        images = generator.decode(blended, size=tuple(target.shape[-2:])).float()
+    return (images, mask) if return_mask else images

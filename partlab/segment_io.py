@@ -1,5 +1,6 @@
 """Segmenting your own pictures with a trained run: reading image files, predicting at the run's size,
-writing overlays and label maps (what ``partlab segment`` does).
+writing overlays and label maps (what ``partlab segment`` does); reading and writing the images of
+``partlab swap`` and of the video frame reader (:class:`partlab.data.VideoFramePairs`).
 
 Images are read as float arrays ``(H, W, 3)``, RGB in [0, 1], whatever the file holds: 8-bit pixels
 are divided by 255, 16-bit pixels (``I;16`` greyscale PNGs) by 65535; grey and palette images become
@@ -85,12 +86,48 @@ def segment_images(model, images: Sequence[np.ndarray], size: int, device: str =
 
     from partlab.evaluation import predict_dataset
 
-    batch = torch.cat([F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None], size=(size, size),
-                                     mode="bilinear", align_corners=False, antialias=True)
-                       for image in images]).clamp(0, 1)                                # (N, 3, size, size)
+    batch = torch.stack([resize_image(image, size) for image in images])               # (N, 3, size, size)
     labels = predict_dataset(model, batch, device=device)["labels"]                      # (N, size, size)
     return [F.interpolate(lab[None, None].float(), size=image.shape[:2], mode="nearest")[0, 0].long()
             for lab, image in zip(labels, images)]
+
+
+def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
+    """An image ``(H, W, 3)`` in [0, 1] (as :func:`read_image` returns it) as a tensor ``(3, size, size)``:
+    resized, not cropped (the aspect ratio is not kept), bilinear with antialiasing, clamped to [0, 1]."""
+    import torch.nn.functional as F
+
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]    # (1, 3, H, W)
+    resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return resized[0].clamp(0, 1)
+
+
+def write_image(image, path: str | os.PathLike) -> Path:
+    """Write one image, ``(3, H, W)`` or ``(H, W, 3)`` in [0, 1] (tensor or array), to ``path`` atomically
+    (a temporary file in the same folder, then a rename): 8-bit RGB, PNG or JPEG by the suffix
+    (``.png``, ``.jpg``, ``.jpeg``; anything else: ``ValueError``). Returns the path."""
+    from PIL import Image
+
+    from partlab import viz
+
+    path = Path(path)
+    formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+    if path.suffix.lower() not in formats:
+        raise ValueError(f"cannot write {path}: name it .png or .jpg")
+    pixels = (viz.to_hwc(image) * 255).round().astype(np.uint8)                          # (H, W, 3)
+    _save_atomically(Image.fromarray(pixels), path, formats[path.suffix.lower()])
+    return path
+
+
+def _save_atomically(picture, path: Path, format: str) -> None:
+    """``picture.save`` to ``path`` through a temporary file in the same folder, so that a reader never
+    sees half a file and a failure leaves no file behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        picture.save(tmp, format=format)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def output_names(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -122,10 +159,5 @@ def write_segmentation(image: np.ndarray, labels: torch.Tensor, out: Path, name:
     label_image.putpalette((viz.PALETTE * 255).round().astype(np.uint8).ravel().tolist())  # mode L -> P
     parts_path, labels_path = out / f"{name}_parts.png", out / f"{name}_labels.png"
     for picture, path in ((overlay, parts_path), (label_image, labels_path)):
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            picture.save(tmp, format="PNG")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _save_atomically(picture, path, "PNG")
     return parts_path, labels_path

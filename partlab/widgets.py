@@ -9,12 +9,19 @@ and segmentations below.
 >>> explorer = weight_explorer(train_set, info, test, category="bird", steps=100)   # doctest: +SKIP
 >>> explorer.display()                      # sliders + "train" button (+ the first run's result)
 >>> explorer.run({"sc": 0.0})               # what the button does, callable from code (weights by term)
+
+:func:`part_swap_picker` is the part-swap demo of the motion-supervised method (Sec. 4.3): one tick box
+per part, a soft/hard toggle, and the source, the target with its parts, the mask and the swapped image.
+
+>>> picker = part_swap_picker(model, source, target, parts=[1])    # doctest: +SKIP
+>>> picker.display()                        # tick boxes + toggle + figure             # doctest: +SKIP
+>>> picker.swap([1, 3], soft=False)         # what ticking does, callable from code    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 from partlab import evaluation, viz
 
@@ -130,3 +137,141 @@ def weight_explorer(train, info: dict, test: Mapping, *, category: Optional[str]
     if run_now:
         explorer.run()
     return explorer
+
+
+class PartSwapPicker:
+    """Pick the parts of a target frame to replace by a source image's (:func:`partlab.motion.part_swap`).
+
+    Args:
+        model: a trained :class:`partlab.methods.MotionCoPart` (motion ``"affine"`` or ``"shift"``).
+        source, target: one image each, ``(3, H, W)`` or ``(1, 3, H, W)``, RGB in [0, 1], the same size.
+        parts: the parts ticked at first (1..K).
+        soft: the soft mask (probabilities) at first, else the hard argmax mask.
+
+    Attributes:
+        selection: ``(parts, soft)`` the widgets show (the initial values before :meth:`display`).
+        last_result: the last swapped image ``(3, H, W)`` on the CPU (``None`` before the first swap).
+        last_mask: its blend mask ``(1, H/4, W/4)``.
+        labels: the target's part labels ``(H, W)`` (argmax of ``model.predict``), drawn over the target.
+    """
+
+    def __init__(self, model, source, target, *, parts: Sequence[int] = (), soft: bool = True):
+        import torch
+
+        from partlab.motion import check_swap_parts, check_swap_model
+
+        check_swap_model(model)
+        self.model = model
+        self.source, self.target = (self._one_image(x, name) for x, name in ((source, "source"), (target, "target")))
+        if self.source.shape != self.target.shape:
+            raise ValueError(f"source {tuple(self.source.shape[-2:])} and target {tuple(self.target.shape[-2:])} "
+                             f"must have the same size")
+        self.num_parts = model.num_parts
+        self._parts, self._soft = check_swap_parts(parts, self.num_parts), bool(soft)
+        self.labels = model.predict(self.target)["labels"][0].cpu()
+        self.last_result: Optional[torch.Tensor] = None
+        self.last_mask: Optional[torch.Tensor] = None
+        self._widgets = None
+        self._quiet = False                  # True while swap() sets the widgets: one swap, not one per change
+
+    @staticmethod
+    def _one_image(x, name: str):
+        import torch
+
+        if isinstance(x, torch.Tensor) and x.dim() == 3:
+            x = x[None]
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[:2] != (1, 3) or not x.is_floating_point():
+            got = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+            raise ValueError(f"{name} must be one float image (3, H, W) or (1, 3, H, W) in [0, 1], got {got}")
+        return x.float().cpu()
+
+    def _build(self):
+        import ipywidgets as w
+
+        self._boxes = {k: w.Checkbox(value=k in self._parts, description=f"part {k}", indent=False,
+                                     layout=w.Layout(width="auto"))
+                       for k in range(1, self.num_parts + 1)}
+        self._toggle = w.ToggleButtons(options=["soft", "hard"], value="soft" if self._soft else "hard",
+                                       description="mask")
+        self._output = w.Output()
+        for widget in (*self._boxes.values(), self._toggle):
+            widget.observe(self._changed, names="value")
+        self._widgets = w.VBox([w.HBox(list(self._boxes.values())), self._toggle, self._output])
+        self._widgets.add_class("partlab-part-swap-picker")
+        return self._widgets
+
+    def _changed(self, _change) -> None:
+        if not self._quiet:
+            self.swap()
+
+    @property
+    def selection(self) -> tuple[list[int], bool]:
+        """``(parts, soft)``: the ticked parts and the toggle (the last choice before :meth:`display`)."""
+        if self._widgets is None:
+            return list(self._parts), self._soft
+        return [k for k, box in self._boxes.items() if box.value], self._toggle.value == "soft"
+
+    def swap(self, parts: Optional[Sequence[int]] = None, soft: Optional[bool] = None):
+        """Swap ``parts`` (default: the ticked ones) with a ``soft`` or hard mask (default: the toggle's),
+        set the widgets to that choice, show the result and return the swapped image ``(3, H, W)``."""
+        from partlab.motion import check_swap_parts, part_swap
+
+        chosen, is_soft = self.selection
+        chosen = chosen if parts is None else check_swap_parts(parts, self.num_parts)
+        is_soft = is_soft if soft is None else bool(soft)
+        self._parts, self._soft = list(chosen), is_soft
+        if self._widgets is not None:
+            self._quiet = True
+            try:
+                for k, box in self._boxes.items():
+                    box.value = k in chosen
+                self._toggle.value = "soft" if is_soft else "hard"
+            finally:
+                self._quiet = False
+        image, mask = part_swap(self.model, self.source, self.target, chosen, soft=is_soft, return_mask=True)
+        self.last_result, self.last_mask = image[0].float().cpu(), mask[0].float().cpu()
+        self._show(chosen, is_soft)
+        return self.last_result
+
+    def _show(self, chosen: list, soft: bool) -> None:
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        def draw():
+            fig, axes = plt.subplots(1, 4, figsize=(4 * 2.2, 2.4))
+            panels = [(viz.to_hwc(self.source[0]), "source"),
+                      (viz.overlay(self.target[0], self.labels), "target and its parts"),
+                      (self.last_mask[0].numpy(), f"{'soft' if soft else 'hard'} mask, parts {chosen or 'none'}"),
+                      (viz.to_hwc(self.last_result), "swapped")]
+            for ax, (picture, title) in zip(axes, panels):
+                ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1,
+                          interpolation="nearest")
+                ax.set_title(title, fontsize=8)
+                ax.axis("off")
+            fig.tight_layout()
+            display(fig)
+            plt.close(fig)
+
+        if self._widgets is not None:
+            self._output.clear_output(wait=True)
+            with self._output:
+                draw()
+        else:
+            draw()
+
+    def display(self) -> None:
+        """Show the tick boxes, the toggle and the figure."""
+        from IPython.display import display
+
+        display(self._widgets if self._widgets is not None else self._build())
+
+
+def part_swap_picker(model, source, target, *, parts: Sequence[int] = (), soft: bool = True,
+                     run_now: bool = True) -> PartSwapPicker:
+    """Build the part-swap picker (:class:`PartSwapPicker`); ``run_now`` swaps ``parts`` right away (a
+    headless run thereby exercises exactly what ticking a box does)."""
+    picker = PartSwapPicker(model, source, target, parts=parts, soft=soft)
+    picker._build()
+    if run_now:
+        picker.swap()
+    return picker

@@ -40,6 +40,19 @@ def test_setup_refuses_other_datasets_and_applies_settings():
     assert s.num_parts == s.model.num_parts
 
 
+def test_a_variant_shares_the_data_and_split_and_trains_its_own_model():
+    from partlab.models import StandinUNet
+
+    s = _session(echo=False)
+    pre = s.variant({"model.network": "standin_unet", "model.pretrained": False, "fit.lr": 1e-4})
+    assert isinstance(pre.model.network, StandinUNet) and not isinstance(s.model.network, StandinUNet)
+    assert pre.test is s.test and pre.train_eval is s.train_eval and pre.steps == s.steps == 2
+    assert pre.info["fit"]["lr"] == 1e-4 and s.info["fit"]["lr"] != 1e-4
+    torch.testing.assert_close(pre.train_set[0]["image"], s.train_set[0]["image"])
+    pre.fit()
+    assert pre.model.history[-1]["step"] == 2 and not getattr(s.model, "history", None)
+
+
 def test_benchmark_rows_margins_summary_and_figure():
     s = _session(echo=False)
     s.fit()

@@ -90,6 +90,21 @@ class Session:
                         n_train=self.n_train, size=self.size, seed=self.seed, device=self.device)
         return benchmark(models, self.train_eval, self.test, **dict(settings, **kwargs))
 
+    def variant(self, settings: Mapping[str, Any], *, echo: bool = False) -> "Session":
+        """The same session (data, benchmark split, seed, steps) with other recipe settings by dotted key,
+        e.g. ``{"model.network": "standin_unet", "model.pretrained": True, "fit.lr": 1e-4}``: a fresh,
+        untrained model to compare with this one after the same training."""
+        from partlab import utils
+
+        recipe = self.recipe.override(dict(settings))
+        utils.seed_everything(self.seed)
+        model, train_set, info = recipe.build(device=self.device)
+        session = Session(self.method, recipe, model, train_set, info, self.train_eval, self.test,
+                          info["fit"]["device"], self.quick)
+        if echo:
+            print(session.describe())
+        return session
+
     @property
     def world(self) -> str:
         return self.recipe.data.world
