@@ -1,4 +1,4 @@
-"""Pictures people would rather look at than read: part overlays, part-map grids, ablation bars.
+"""Pictures people would rather look at than read: part overlays, part-map grids, flows, ablation bars.
 
 Every function draws with one fixed palette, so part 3 has the same colour in every notebook:
 ``PALETTE[0]`` is the background (dark grey), ``PALETTE[k]`` the colour of part k.
@@ -113,7 +113,7 @@ def show_parts(images, labels=None, *, landmarks=None, visible=None, titles: Opt
         raise ValueError("show_parts needs at least one image")
     rows_per = 2 if (side_by_side and labels is not None) else 1
     ncols = max(1, min(ncols, n))
-    fig, axes = _grid(n * rows_per, ncols, cell)
+    fig, axes = _grid(int(np.ceil(n / ncols)) * rows_per * ncols, ncols, cell)     # rows_per rows per image row
     for i in range(n):
         row, col = divmod(i, ncols)
         img = to_hwc(images[i])
@@ -321,6 +321,168 @@ def image_rows(rows: Mapping[str, "torch.Tensor"], *, n: int = 6, cell: float = 
             else:
                 axes[r, i].imshow(item.reshape(item.shape[-2:]).detach().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
         axes[r, 0].set_title(title, loc="left", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _flow_array(flow) -> np.ndarray:
+    """A flow as a float array ``(N, h, w, 2)`` (accepts one ``(h, w, 2)``)."""
+    flow = _numpy(flow).astype(np.float32)
+    if flow.ndim == 3:
+        flow = flow[None]
+    if flow.ndim != 4 or flow.shape[-1] != 2:
+        raise ValueError(f"expected a flow of shape (h, w, 2) or (N, h, w, 2) holding normalised (x, y), "
+                         f"got shape {flow.shape}")
+    return flow
+
+
+def flow_displacement(flow) -> np.ndarray:
+    """``d(z) = F(z) - z`` of a flow ``(h, w, 2)`` or ``(N, h, w, 2)`` (same shape, normalised units).
+
+    A flow is partlab's backward flow (:func:`partlab.motion.part_flow`): a ``grid_sample`` grid
+    holding, at every pixel ``z``, the normalised ``(x, y)`` it reads in the source; the identity
+    grid (:func:`partlab.geometry.pixel_grid`) has ``d = 0``.
+    """
+    from partlab.geometry import pixel_grid
+
+    array = _flow_array(flow)
+    grid = pixel_grid(*array.shape[1:3]).numpy()                                 # (h, w, 2)
+    displacement = array - grid
+    return displacement if _numpy(flow).ndim == 4 else displacement[0]
+
+
+def flow_to_rgb(flow, max_displacement: Optional[float] = None) -> np.ndarray:
+    """A flow ``(h, w, 2)`` or ``(N, h, w, 2)`` as colours ``(..., h, w, 3)`` of its displacement
+    ``d(z) = F(z) - z`` (:func:`flow_displacement`): hue = direction, saturation = length, white = still.
+
+    Directions as drawn with ``imshow`` (y down): right red, down yellow-green, left cyan, up violet
+    (hue = ``atan2(dy, dx) / 2 pi``). The length is divided by ``max_displacement`` (normalised
+    units; one pixel of a width-``W`` map is ``2 / W``) and clipped to 1; default: the largest length
+    over all the flows given, so a stack of flows shares one scale. Still flows stay white, and so do
+    displacements below 1e-5 (rounding, e.g. the 1e-6 damping of :func:`partlab.motion.regularized_inverse`).
+    """
+    from matplotlib.colors import hsv_to_rgb
+
+    displacement = flow_displacement(flow)
+    length = np.linalg.norm(displacement, axis=-1)
+    top = float(length.max(initial=0.0)) if max_displacement is None else float(max_displacement)
+    if top < 0:
+        raise ValueError(f"max_displacement must be >= 0, got {max_displacement}")
+    hue = (np.arctan2(displacement[..., 1], displacement[..., 0]) / (2 * np.pi)) % 1.0
+    saturation = np.clip(length / top, 0.0, 1.0) if top > 0 else np.zeros_like(length)
+    saturation[length < 1e-5] = 0.0
+    return hsv_to_rgb(np.stack([hue, saturation, np.ones_like(hue)], axis=-1)).astype(np.float32)
+
+
+def draw_flow(ax, flow, size: Sequence[int], *, step: Optional[int] = None, mask=None, scale: float = 1.0,
+              colour: str = "white", min_length: float = 0.05) -> None:
+    """Draw a flow ``(h, w, 2)`` as arrows on an axis showing an image of ``size = (H, W)``.
+
+    Every ``step``-th flow pixel ``z`` (default: about 12 arrows per side) gets an arrow from ``z`` to
+    the point it reads, ``F(z)``: for a backward flow, where the target pixel's content comes from in
+    the source. Arrows are drawn to scale in the image's pixels, times ``scale`` (to make small motions
+    visible), in ``colour`` with a thin outline of the opposite shade; ``mask`` ``(h, w)``: arrows only
+    where it is >= 0.5; arrows shorter than ``min_length`` image pixels (after ``scale``) are left out.
+    The flow may have any size: positions are normalised ``(x, y)``, converted to the image's pixels.
+    """
+    array = _flow_array(flow)[0]
+    h, w = array.shape[:2]
+    big_h, big_w = size
+    step = max(1, round(max(h, w) / 12)) if step is None else int(step)
+    displacement = flow_displacement(array)
+    keep = np.zeros((h, w), bool)
+    keep[step // 2::step, step // 2::step] = True
+    if mask is not None:
+        mask = _numpy(mask).astype(np.float32)
+        if mask.size != h * w:
+            raise ValueError(f"mask must have the flow's size {(h, w)}, got {mask.shape}")
+        keep &= mask.reshape(h, w) >= 0.5
+    rows, cols = np.nonzero(keep)
+    x = (2 * cols + 1) / w * big_w / 2 - 0.5                   # pixel centre of the flow -> the image's pixels
+    y = (2 * rows + 1) / h * big_h / 2 - 0.5
+    u = displacement[rows, cols, 0] * big_w / 2 * scale
+    v = displacement[rows, cols, 1] * big_h / 2 * scale
+    moving = np.hypot(u, v) >= min_length
+    if moving.any():
+        from matplotlib.colors import to_rgb
+
+        outline = "black" if np.mean(to_rgb(colour)) > 0.5 else "white"
+        ax.quiver(x[moving], y[moving], u[moving], v[moving], angles="xy", scale_units="xy", scale=1, color=colour,
+                  edgecolor=outline, linewidth=0.4, width=0.012, headwidth=3.5, headlength=4, headaxislength=3.5,
+                  zorder=3)
+    ax.set_xlim(-0.5, big_w - 0.5)
+    ax.set_ylim(big_h - 0.5, -0.5)
+
+
+def show_flow(flows, *, images=None, masks=None, titles: Optional[Sequence[str]] = None, step: Optional[int] = None,
+              scale: float = 1.0, max_displacement: Optional[float] = None, key: bool = True,
+              colour: Optional[str] = None, ncols: int = 8, cell: float = 2.0):
+    """A grid of flows ``(N, h, w, 2)`` (partlab's backward flows, e.g. :func:`partlab.motion.part_flow`).
+
+    Each panel shows the flow's colours (:func:`flow_to_rgb`, one scale for all panels) or, with
+    ``images`` ``(N, 3, H, W)``, the image; over it, arrows from each pixel to where it reads
+    (:func:`draw_flow`, ``step``, ``scale``), only where ``masks`` ``(N, h, w)`` or ``(N, 1, h, w)`` is
+    >= 0.5 when given, in ``colour`` (default white over images, black over flow colours). ``key``: a
+    last panel with the colour wheel, its rim at ``max_displacement`` (normalised units; default the
+    largest displacement drawn), titled in pixels of what is shown (the images, else the flows).
+    """
+    array = _flow_array(flows)
+    n, h, w = array.shape[:3]
+    for name, value, lead in (("images", images, (n, 3)), ("masks", masks, (n,))):
+        if value is not None and tuple(_numpy(value).shape[:len(lead)]) != lead:
+            raise ValueError(f"{name} must start with {lead} to match {n} flows, got {tuple(_numpy(value).shape)}")
+    top = max_displacement
+    if top is None:
+        top = float(np.linalg.norm(flow_displacement(array), axis=-1).max())
+    colours = flow_to_rgb(array, top)
+    fig, axes = _grid(n + key, ncols, cell)
+    for i in range(n):
+        ax = axes.ravel()[i]
+        shown = colours[i] if images is None else to_hwc(images[i])
+        ax.imshow(shown, interpolation="nearest")
+        if images is None:                                                     # a frame around the white (still) parts
+            ax.set_axis_on()
+            ax.set_xticks([])
+            ax.set_yticks([])
+        size = shown.shape[:2]
+        draw_flow(ax, array[i], size, step=step, scale=scale, mask=None if masks is None else _numpy(masks)[i],
+                  colour=colour or ("black" if images is None else "white"))
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=8)
+    if key:
+        from partlab.geometry import pixel_grid
+
+        z = pixel_grid(65, 65).numpy()
+        wheel = flow_to_rgb(z + z, 1.0)                                       # displacement = position
+        wheel[np.linalg.norm(z, axis=-1) > 1] = 1.0
+        ax = axes.ravel()[n]
+        ax.imshow(wheel, interpolation="bilinear")
+        shown_w = w if images is None else to_hwc(images[0]).shape[1]
+        ax.set_title(f"key: rim = {top * shown_w / 2:.2g} px" + (f", arrows x{scale:g}" if scale != 1 else ""),
+                     fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def show_images(panels: Mapping[str, "torch.Tensor"], *, ncols: int = 4, cell: float = 2.0,
+                vmax: Optional[float] = 1.0):
+    """Titled panels in a grid: RGB images ``(3, H, W)`` or ``(H, W, 3)`` in [0, 1] (e.g. :func:`flow_to_rgb`)
+    or one-channel maps ``(H, W)`` / ``(1, H, W)`` (drawn in grey from 0 to ``vmax``; ``None``: each map to
+    its own maximum, said in the title). For the pieces of one computation side by side (source, warp,
+    mask, result); panels may have different sizes."""
+    if not panels:
+        raise ValueError("panels is empty: give {title: (3, H, W) image or (H, W) map}")
+    fig, axes = _grid(len(panels), ncols, cell)
+    for ax, (title, item) in zip(axes.ravel(), panels.items()):
+        item = _numpy(item).astype(np.float32)
+        if item.ndim == 3 and 3 in (item.shape[0], item.shape[-1]):
+            ax.imshow(to_hwc(item), interpolation="nearest")
+        else:
+            item = item.reshape(item.shape[-2:])
+            top = float(item.max(initial=0.0)) if vmax is None else vmax
+            ax.imshow(item, cmap="gray", vmin=0, vmax=top if top > 0 else 1.0, interpolation="nearest")
+            title = f"{title} (white = {top:.2g})" if vmax is None else title
+        ax.set_title(str(title), fontsize=8)
     fig.tight_layout()
     return fig
 

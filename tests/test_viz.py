@@ -144,3 +144,75 @@ def test_show_similarity_shares_one_colour_scale():
     plt.close(fig)
     with pytest.raises(ValueError, match="empty"):
         viz.show_similarity({})
+
+
+def _still(n, h, w):
+    from partlab.geometry import pixel_grid
+
+    return pixel_grid(h, w).expand(n, h, w, 2).clone()                      # the identity flow, (n, h, w, 2)
+
+
+def test_flow_to_rgb_colours_direction_and_length():
+    flows = _still(5, 8, 8)
+    flows[1, ..., 0] += 0.5                                                 # reads 2 px to the right
+    flows[2, ..., 0] -= 0.5                                                 # left
+    flows[3, ..., 1] += 0.5                                                 # down (y grows downwards)
+    flows[4, ..., 0] += 0.25                                                # right, half as far
+    np.testing.assert_allclose(viz.flow_displacement(flows[1])[..., 0], 0.5, atol=1e-6)
+    colours = viz.flow_to_rgb(flows)                                        # one scale: the longest, 0.5
+    assert colours.shape == (5, 8, 8, 3)
+    np.testing.assert_allclose(colours[0], 1.0, atol=1e-6)                  # still: white
+    np.testing.assert_allclose(colours[1, 3, 3], [1, 0, 0], atol=1e-6)      # right: red
+    np.testing.assert_allclose(colours[2, 3, 3], [0, 1, 1], atol=1e-6)      # left: cyan
+    np.testing.assert_allclose(colours[3, 3, 3], [0.5, 1, 0], atol=1e-6)    # down: yellow-green
+    np.testing.assert_allclose(colours[4, 3, 3], [1, 0.5, 0.5], atol=1e-6)  # half the length: half saturated
+    np.testing.assert_allclose(viz.flow_to_rgb(flows[1], max_displacement=1.0)[0, 0], [1, 0.5, 0.5], atol=1e-6)
+    np.testing.assert_allclose(viz.flow_to_rgb(flows[0]), 1.0)              # nothing moves: no division by 0
+    np.testing.assert_allclose(viz.flow_to_rgb(flows[:2] + 1e-7)[0], 1.0)   # rounding-sized motion stays white
+    with pytest.raises(ValueError, match=r"\(h, w, 2\)"):
+        viz.flow_to_rgb(torch.zeros(2, 8, 8, 3))
+
+
+def test_show_flow_draws_arrows_to_where_pixels_read():
+    import matplotlib.pyplot as plt
+
+    flows = _still(2, 4, 4)
+    flows[:, ..., 0] += 0.5                                                 # 1 flow pixel = 2 image pixels right
+    masks = torch.zeros(2, 4, 4)
+    masks[:, 1, 2] = 1                                                      # one arrow: row 1, column 2
+    fig = viz.show_flow(flows, images=torch.rand(2, 3, 8, 8), masks=masks, step=1, titles=["a", "b"])
+    assert len(fig.axes) == 3 and fig.axes[0].get_title() == "a"            # two flows and the colour key
+    arrows = fig.axes[0].collections[0]
+    np.testing.assert_allclose(arrows.get_offsets(), [[4.5, 2.5]])          # the flow pixel's centre in the image
+    np.testing.assert_allclose([arrows.U[0], arrows.V[0]], [2.0, 0.0])      # to scale, in image pixels
+    assert "rim = 2 px" in fig.axes[2].get_title()                          # 0.5 normalised = 2 pixels of the image
+    plt.close(fig)
+    fig = viz.show_flow(flows[:1], key=False, scale=3)                      # over the flow's own colours
+    assert len(fig.axes) == 1 and fig.axes[0].collections[0].U.max() == pytest.approx(3.0)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="masks must start with"):
+        viz.show_flow(flows, masks=masks[:1])
+
+
+def test_show_images_titles_images_and_maps():
+    import matplotlib.pyplot as plt
+
+    panels = {"image": torch.rand(3, 6, 6), "map": torch.full((1, 6, 6), 0.2), "flat": torch.rand(6, 6)}
+    fig = viz.show_images(panels, ncols=2)
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["image", "map", "flat"]
+    assert fig.axes[1].get_images()[0].get_clim() == (0, 1)
+    plt.close(fig)
+    fig = viz.show_images({"map": torch.full((6, 6), 0.2)}, vmax=None)
+    assert fig.axes[0].get_images()[0].get_clim() == (0, pytest.approx(0.2)) and "0.2" in fig.axes[0].get_title()
+    plt.close(fig)
+    with pytest.raises(ValueError, match="panels is empty"):
+        viz.show_images({})
+
+
+def test_show_parts_side_by_side_over_several_rows():
+    import matplotlib.pyplot as plt
+
+    fig = viz.show_parts(torch.rand(5, 3, 8, 8), torch.randint(0, 3, (5, 8, 8)), ncols=2, side_by_side=True)
+    assert len(fig.axes) == 3 * 2 * 2                                       # 3 rows of images, each drawn twice
+    assert sum(bool(ax.get_images()) for ax in fig.axes) == 10
+    plt.close(fig)
