@@ -68,6 +68,17 @@ def module_device(module: torch.nn.Module, default: "torch.device | None" = None
     return default
 
 
+def dataset_index(index: int, length: int) -> int:
+    """``index`` as a position in ``0 .. length - 1`` (negative counts from the end, as for lists);
+    ``IndexError`` naming both when it is out of range."""
+    i = int(index)
+    if i < 0:
+        i += length
+    if not 0 <= i < length:
+        raise IndexError(f"index {int(index)} out of range for a dataset of length {length}")
+    return i
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices); return a CPU ``torch.Generator`` seeded the same."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:

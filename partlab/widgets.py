@@ -26,7 +26,31 @@ from typing import Mapping, Optional, Sequence
 from partlab import evaluation, viz
 
 
-class WeightExplorer:
+class _OutputWidget:
+    """What the widgets share: draw into their output area once the ipywidgets are built (:meth:`display`),
+    straight into the notebook before that (headless runs), and :meth:`display` itself."""
+
+    _widgets = None
+
+    def _build(self):
+        raise NotImplementedError
+
+    def _render(self, draw) -> None:
+        if self._widgets is not None:
+            self._output.clear_output(wait=True)
+            with self._output:
+                draw()
+        else:
+            draw()
+
+    def display(self) -> None:
+        """Show the controls and (after a run) the result."""
+        from IPython.display import display
+
+        display(self._widgets if self._widgets is not None else self._build())
+
+
+class WeightExplorer(_OutputWidget):
     """Re-train a method with chosen loss weights and show the result (see the module docstring).
 
     Args:
@@ -114,18 +138,7 @@ class WeightExplorer:
             display(fig)
             plt.close(fig)
 
-        if self._widgets is not None:
-            self._output.clear_output(wait=True)
-            with self._output:
-                draw()
-        else:
-            draw()
-
-    def display(self) -> None:
-        """Show the sliders, the button and (after a run) the result."""
-        from IPython.display import display
-
-        display(self._widgets if self._widgets is not None else self._build())
+        self._render(draw)
 
 
 def weight_explorer(train, info: dict, test: Mapping, *, category: Optional[str] = None, steps: int = 100,
@@ -139,7 +152,7 @@ def weight_explorer(train, info: dict, test: Mapping, *, category: Optional[str]
     return explorer
 
 
-class PartSwapPicker:
+class PartSwapPicker(_OutputWidget):
     """Pick the parts of a target frame to replace by a source image's (:func:`partlab.motion.part_swap`).
 
     Args:
@@ -252,18 +265,7 @@ class PartSwapPicker:
             display(fig)
             plt.close(fig)
 
-        if self._widgets is not None:
-            self._output.clear_output(wait=True)
-            with self._output:
-                draw()
-        else:
-            draw()
-
-    def display(self) -> None:
-        """Show the tick boxes, the toggle and the figure."""
-        from IPython.display import display
-
-        display(self._widgets if self._widgets is not None else self._build())
+        self._render(draw)
 
 
 def part_swap_picker(model, source, target, *, parts: Sequence[int] = (), soft: bool = True,

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from partlab import utils
+
 __all__ = ["WithExtras"]
 
 
@@ -69,12 +71,7 @@ class WithExtras(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
-        n = len(self)
-        i = int(index)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"index {int(index)} out of range for a dataset of length {n}")
+        i = utils.dataset_index(index, len(self))
         item = dict(self.dataset[i])
         for name, value in self.extras.items():
             item[name] = value[i]

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from partlab import utils
+
 __all__ = ["FRAME_EXTENSIONS", "VIDEO_EXTENSIONS", "VideoFramePairs"]
 
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -227,12 +229,7 @@ class VideoFramePairs(Dataset):
         return torch.stack([self._read_frame(path) for path in self._frames[v]])
 
     def __getitem__(self, index: int) -> Dict[str, object]:
-        n = len(self)
-        i = int(index)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"index {int(index)} out of range for a dataset of length {n}")
+        i = utils.dataset_index(index, len(self))
         v = i % len(self.videos)
         rng = np.random.default_rng([self.seed, i])
         files = self._frames[v]
