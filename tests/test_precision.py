@@ -67,7 +67,28 @@ def _calls(x: dict) -> dict:
         "masked_equivariance_loss": lambda: losses.masked_equivariance_loss(
             x["logits_t"][:, 1:], x["logits"][:, 1:], x["warp"], x["fg"]),
         "rgb_to_lab": lambda: rgb_to_lab(x["images"]),
+        "perceptual_loss": lambda: losses.perceptual_loss(x["images"], x["images"].detach().flip(-1), _extractor,
+                                                          layers={"c": 10.0}, scales=(1.0, 0.5)),
+        "transform_jacobian": lambda: losses.transform_jacobian(part_centers(parts(), eps=1e-3), x["warp"]),
+        "equivariance_shift_loss": lambda: losses.equivariance_shift_loss(
+            part_centers(parts(), eps=1e-3), part_centers(x["logits_t"].softmax(1)[:, 1:], eps=1e-3), x["warp"]),
+        "equivariance_affine_loss": lambda: losses.equivariance_affine_loss(
+            affines(x["features"]), part_centers(x["logits_t"].softmax(1)[:, 1:], eps=1e-3),
+            affines(x["features"].flip(0)), x["warp"]),
     }
+
+
+_CONV = nn.Conv2d(3, 4, 3, padding=1).requires_grad_(False)
+
+
+def _extractor(images, layers):
+    """A tiny frozen feature network for the perceptual loss (one layer, ``"c"``)."""
+    return {"c": torch.relu(_CONV.to(images.device)(images))}
+
+
+def affines(features):
+    """(B, K, 2, 2) matrices near the identity that depend on the features."""
+    return torch.eye(2, device=features.device) + 0.01 * features[:, :K, 0, :4].reshape(B, K, 2, 2)
 
 
 def test_every_public_loss_is_covered():

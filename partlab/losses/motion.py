@@ -55,6 +55,7 @@ def _layers_at(extractor, layers: Mapping[str, float], h: int, w: int) -> list:
 # ---------------------------------------------------------------------------------------------
 
 
+@float32
 def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, extractor,
                     layers: Optional[Mapping[str, float]] = None,
                     scales: Sequence[float] = PERCEPTUAL_SCALES) -> torch.Tensor:
@@ -71,8 +72,9 @@ def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, extractor,
     left out at that scale.
 
     Gradients reach ``prediction`` through the extractor (its parameters are frozen and get none);
-    the target's features are computed without gradient. The extractor runs in the caller's autocast
-    region (a network forward pass); its features are compared in float32.
+    the target's features are computed without gradient. Computed in float32 under any autocast, the
+    extractor's forward pass included: the loss is a difference of nearly equal features, which
+    cancels in half precision (partlab's rule: every loss term in float32).
 
     Args:
         prediction: ``(B, 3, H, W)`` reconstruction ``X^_T`` in [0, 1].
@@ -120,10 +122,12 @@ def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, extractor,
 # ---------------------------------------------------------------------------------------------
 
 
+@float32
 def transform_jacobian(points: torch.Tensor, warp: Warp) -> torch.Tensor:
     """``J_T(z)`` ``(B, N, 2, 2)``: the Jacobian ``J[..., a, b] = d T_a / d z_b`` of the warp ``T``
     (:func:`partlab.geometry.unwarp_points`: an affine map plus a thin-plate spline) at the points
-    ``z`` ``(B, N, 2)`` (normalised ``(x, y)``), by automatic differentiation, as the original does.
+    ``z`` ``(B, N, 2)`` (normalised ``(x, y)``), by automatic differentiation, as the original does
+    (in float32 under any autocast).
 
     Each output point depends on its own input point only, so ``d (sum_n T_a(z_n)) / d z`` gives row
     ``a`` of every Jacobian at once. The graph is kept (``create_graph``): ``J_T`` is differentiable
