@@ -41,7 +41,6 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import operator
 from typing import Sequence
 
@@ -488,9 +487,11 @@ class MotionGenerator(nn.Module):
 
 def check_swap_model(model) -> None:
     """``ValueError`` unless ``model`` can swap parts: a :class:`partlab.methods.MotionCoPart` (anything with
-    ``segment(images)``, a :class:`MotionGenerator` ``generator`` and ``num_parts``) with a motion model
+    ``segment(images)``, ``feature_flow``, ``autocast``, a :class:`MotionGenerator` ``generator`` and
+    ``num_parts``) with a motion model
     (``motion`` ``"affine"`` or ``"shift"``; the *Naive* ablation has no flow to align the source's parts)."""
-    if not (callable(getattr(model, "segment", None)) and isinstance(getattr(model, "generator", None), MotionGenerator)
+    if not (callable(getattr(model, "segment", None)) and callable(getattr(model, "feature_flow", None))
+            and isinstance(getattr(model, "generator", None), MotionGenerator)
             and isinstance(getattr(model, "num_parts", None), int)):
         raise ValueError(f"part swap needs a motion-supervised model (partlab.methods.MotionCoPart, a run of "
                          f"`partlab train motion`), got a {type(model).__name__}")
@@ -599,20 +600,20 @@ def part_swap(model, source: torch.Tensor, target: torch.Tensor, parts: Sequence
     if parameter is not None:
         source, target = source.to(parameter.device), target.to(parameter.device)
     b, dev = target.shape[0], target.device
-    region = model.autocast if callable(getattr(model, "autocast", None)) else lambda _: contextlib.nullcontext()
     frames = torch.cat((target, source))                                           # (2B, 3, H, W)
     motion = model.segment(frames)
-    with region(dev):
+    with model.autocast(dev):
         features = generator.encode(frames)                                        # (2B, 4C, h, w)
     target_features, source_features = features[:b], features[b:]
     size = tuple(features.shape[-2:])
     seg_target = F.interpolate(motion["seg"][:b].float(), size=size, mode="area")   # (B, K+1, h, w)
-    flow = part_flow(seg_target, motion["shift"][b:], motion["shift"][:b], motion["affine"][b:],
-                     motion["affine"][:b], eps=getattr(model, "eps", INVERSE_EPS))     # (B, h, w, 2)
+    target_motion = {key: value[:b] for key, value in motion.items()}
+    source_motion = {key: value[b:] for key, value in motion.items()}
+    flow = model.feature_flow(seg_target, source_motion, target_motion)            # (B, h, w, 2)
     warped = warp_with_flow(source_features, flow)                                  # W(enc(X_S), F)
     mask = swap_mask(seg_target, chosen, soft)                                      # (B, 1, h, w)
     blend = mask.to(features.dtype)
     blended = target_features * (1 - blend) + warped * blend
-    with region(dev):
+    with model.autocast(dev):
         images = generator.decode(blended, size=tuple(target.shape[-2:])).float()
     return (images, mask) if return_mask else images

@@ -184,6 +184,13 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
         """Log-probabilities ``(B, K+1, H, W)`` of the segments (softmax of them = ``predict()["probs"]``)."""
         return self.segment(check_images(images))["seg"].clamp_min(1e-12).log()
 
+    def feature_flow(self, seg_target: torch.Tensor, source_motion: dict, target_motion: dict) -> torch.Tensor:
+        """The part flow (Eq. 2-3, :func:`partlab.motion.part_flow`) at the size of ``seg_target`` (the target's
+        segmentation already resized to the generator's features), from each frame's anchors and affines
+        (:meth:`segment`): ``(B, h, w, 2)``. Shared by :meth:`reconstruct` and :func:`partlab.motion.part_swap`."""
+        return part_flow(seg_target, source_motion["shift"], target_motion["shift"], source_motion["affine"],
+                         target_motion["affine"], eps=self.eps)
+
     def reconstruct(self, source: torch.Tensor, source_motion: dict, target_motion: dict) -> dict[str, Any]:
         """Rebuild the target from the ``source`` frame ``(B, 3, H, W)`` and both frames' :meth:`segment`.
 
@@ -206,8 +213,7 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
                 features = self.generator.condition(features, seg_target)
         else:
             seg_source = F.interpolate(source_motion["seg"], size=size, mode="area")
-            flow = part_flow(seg_target, source_motion["shift"], target_motion["shift"], source_motion["affine"],
-                             target_motion["affine"], eps=self.eps)                     # (B, h, w, 2)
+            flow = self.feature_flow(seg_target, source_motion, target_motion)             # (B, h, w, 2)
             if self.visibility != "none":
                 visibility = background_visibility(seg_source, seg_target,
                                                    stop_gradient=self.visibility == "stop_gradient")
