@@ -53,6 +53,8 @@ class DataSpec:
             ``"vgg19"``, ``"standin"``, ``"rgb"``).
         cache: quick mode: the features (and saliency maps) of every training image are computed once
             and held in memory. ``False`` (paper): computed on the fly on the device, at any scale.
+        clip_motion: frame-pair methods (``motion``): the world's ``clip_motion``, the multiplier of the
+            object's global drift between the two frames of a clip (1: the world's clips as they are).
     """
 
     dataset: str = "synthetic"
@@ -62,6 +64,7 @@ class DataSpec:
     n_train: int = 512
     features: str = "auto"
     cache: bool = True
+    clip_motion: float = 1.0
 
     def __post_init__(self) -> None:
         if self.dataset != "synthetic":
@@ -84,6 +87,16 @@ class DataSpec:
             raise ValueError(f"data.features={self.features!r}; choose one of {list(_EXTRACTOR_CHOICES)}")
         if not isinstance(self.cache, bool):
             raise ValueError(f"data.cache must be true or false, got {self.cache!r}")
+        motion = self.clip_motion
+        if isinstance(motion, bool) or not isinstance(motion, (int, float)) or not 0 <= motion <= 8:
+            raise ValueError(f"data.clip_motion must be a number in [0, 8], got {motion!r}")
+        object.__setattr__(self, "clip_motion", float(motion))
+
+    def world_config(self):
+        """The :class:`partlab.data.synthetic.SyntheticConfig` of ``world`` with this spec's ``clip_motion``."""
+        from partlab.data.synthetic import WORLDS
+
+        return dataclasses.replace(WORLDS[self.world](), clip_motion=self.clip_motion)
 
 
 @dataclasses.dataclass(frozen=True)

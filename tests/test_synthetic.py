@@ -340,3 +340,34 @@ def test_one_hot_parts_is_a_perfect_prediction():
         one_hot_parts(labels, 1)
     with pytest.raises(ValueError, match="integer"):
         one_hot_parts(labels.float(), 3)
+
+
+def test_clip_motion_scales_the_global_drift_only():
+    """clip_motion 1 is the world's clips as they were; larger moves the object further between frames,
+    0 leaves only the joints; frame 0 never depends on it; out of range is refused."""
+    def displacement(motion):
+        moved = []
+        for i in range(12):
+            clip = render_clip("bird", i, frames=2, size=64, config={"clip_motion": motion})
+            v = clip["visible"][0] & clip["visible"][1]
+            moved.append(np.linalg.norm(clip["landmarks"][1][v] - clip["landmarks"][0][v], axis=-1).mean())
+        return float(np.mean(moved))
+
+    base = render_clip("bird", 2, frames=2, size=48)
+    same = render_clip("bird", 2, frames=2, size=48, config={"clip_motion": 1.0})
+    more = render_clip("bird", 2, frames=2, size=48, config={"clip_motion": 4.0})
+    assert np.array_equal(base["image"], same["image"])
+    assert np.array_equal(base["image"][0], more["image"][0]) and not np.array_equal(base["image"][1], more["image"][1])
+    assert displacement(0.0) < displacement(1.0) < displacement(4.0)
+    with pytest.raises(ValueError, match="clip_motion"):
+        SyntheticConfig(clip_motion=-1)
+
+
+def test_recipe_clip_motion_reaches_the_clips():
+    from partlab.recipes import DataSpec
+
+    spec = DataSpec(clip_motion=3)
+    assert spec.clip_motion == 3.0 and spec.world_config().clip_motion == 3.0
+    assert DataSpec(world="varied").world_config().appearance == "varied"
+    with pytest.raises(ValueError, match="clip_motion"):
+        DataSpec(clip_motion=20)

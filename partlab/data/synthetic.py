@@ -49,6 +49,8 @@ Difficulty knobs, :class:`SyntheticConfig` (default / ``.easy()`` / ``.hard()``)
     distractors   1           number of non-object shapes               (0 / 3)
     n_instances   1           objects per image, the first is the main one         (1 / 2)
     noise         0.02        std of additive Gaussian pixel noise      (0.0 / 0.05)
+    clip_motion   1.0         clips only: multiplier of the global drift between frames (rotation
+                              6 deg, scale 5 %, translation 0.06 at 1); 0 = only joints move
     appearance    "typed"     "typed": each part type draws from its own colour candidates, so
                               colour largely names the part; "varied": each part's colours are drawn
                               independently of its type from every category's candidates (they can
@@ -143,6 +145,7 @@ class SyntheticConfig:
     n_instances: int = 1
     noise: float = 0.02
     appearance: str = "typed"
+    clip_motion: float = 1.0
 
     def __post_init__(self) -> None:
         def number(name: str, lo: float, hi: float) -> None:
@@ -163,6 +166,7 @@ class SyntheticConfig:
         for name in ("flip", "articulation", "clutter", "occlusion"):
             number(name, 0.0, 1.0)
         number("noise", 0.0, 0.5)
+        number("clip_motion", 0.0, 8.0)
         if self.appearance not in APPEARANCES:
             raise ValueError(f"SyntheticConfig.appearance={self.appearance!r} must be one of {APPEARANCES}")
         count("distractors", 0, MAX_DISTRACTORS)
@@ -279,7 +283,7 @@ def render_clip(category: str, index: int, *, frames: int = 2, size: int = 64, s
     scene, size = _prepare(category, index, size, seed, split, config)
     frames = _check_int("frames", frames, 1)
     rng = np.random.default_rng([seed, SPLITS.index(split), scene.cat_code, scene.index, 1])
-    tracks = [trajectory(inst, frames, rng) for inst in scene.instances]
+    tracks = [trajectory(inst, frames, rng, drift=scene.cfg.clip_motion) for inst in scene.instances]
     offsets = [scene.noise_offset] + rng.random(frames - 1).tolist()
     background = render_background(scene, size)
     out = [render_frame(scene, background, [tr[0][t] for tr in tracks], [tr[1][t] for tr in tracks], offsets[t], size)
