@@ -309,6 +309,8 @@ def _cmd_evaluate(args) -> int:
         _check_output(Path(args.json), "--json", folder=False)
     args.baseline_mask = args.baseline_mask or ["true"]
     runs = [load_method(path) for path in args.run]
+    if runs and any(_is_scenes(model) for model, _ in runs):
+        return _evaluate_scenes(args, runs)
     category = _pick("category", args.category, [meta["category"] for _, meta in runs]) or "bird"
     size = _pick("size", args.size, [meta["size"] for _, meta in runs]) or 64
     world = _pick("world", args.world, [_run_world(meta) for _, meta in runs]) or "default"
@@ -347,6 +349,46 @@ def _cmd_evaluate(args) -> int:
         for name, row in scores.items():
             results[_unique_name(name, results)] = row
     print(evaluation.format_table(results))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+        print(f"wrote {path}")
+    return 0
+
+
+def _is_scenes(model) -> bool:
+    from partlab.methods.registry import method_of
+
+    return method_of(type(model)).data == "scenes"
+
+
+def _evaluate_scenes(args, runs) -> int:
+    """``partlab evaluate`` for semantic methods (MaskContrast): K-means mIoU on synthetic test scenes."""
+    from partlab import evaluation
+    from partlab.data import SyntheticScenes, stack_dataset
+    from partlab.methods.runs import jsonable
+
+    if not all(_is_scenes(model) for model, _ in runs):
+        raise ValueError("--run folders mix part methods and semantic (scenes) methods; evaluate them separately")
+    size = _pick("size", args.size, [meta["size"] for _, meta in runs]) or 64
+    world = _pick("world", args.world, [_run_world(meta) for _, meta in runs]) or "default"
+    scenes = SyntheticScenes(size=size, length=args.n_test, seed=args.seed, split="test", config=world)
+    test = stack_dataset(scenes)
+    print(f"partlab evaluate: synthetic scenes ({scenes.num_classes} categories), {size} px: {args.n_test} test "
+          f"scenes; K-means on object embeddings, Hungarian mIoU (background a class)")
+    models: Dict[str, object] = {}
+    for model, meta in runs:
+        models[_unique_name(Path(meta["run_dir"]).resolve().name, models)] = model
+    extractor = None
+    if "features" in evaluation.SEMANTIC_BASELINES:
+        from partlab.features import get_extractor
+
+        extractor = get_extractor(args.features, device=args.device)
+    results = evaluation.semantic_benchmark(models, test, scenes.num_classes, extractor=extractor, seed=args.seed)
+    print(evaluation.format_table(results, columns=("miou", "acc", "nmi", "ari")))
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

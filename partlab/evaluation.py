@@ -510,3 +510,115 @@ def benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str, torc
         oracle = "oracle"
         results[oracle], predictions[oracle] = score_model(model, train, test, category=category, device=device)
     return Benchmark(results, predictions, list(models), rows, oracle)
+
+
+# ---------------------------------------------------------------------------------------------
+# semantic segmentation of scenes (MaskContrast): object vectors -> K-means -> Hungarian mIoU
+# ---------------------------------------------------------------------------------------------
+
+SEMANTIC_BASELINES = ("rgb", "features")
+
+
+def object_vectors(maps: torch.Tensor, objects: torch.Tensor, normalize: bool = True) -> tuple:
+    """One mean (L2-normalised unless ``normalize=False``) of ``maps`` ``(N, D, h, w)`` per object: ``objects`` ``(N, H, W)`` holds object ids
+    (0 none; an image's saliency mask is object 1, the scenes' ``"instances"`` one id per object), resized to
+    ``h x w`` by nearest sampling when the sizes differ. Returns ``(vectors (M, D), image (M,), object id (M,))``
+    for the M objects with at least one pixel."""
+    import torch.nn.functional as F
+
+    objects = objects[:, 0] if objects.dim() == 4 else objects
+    objects = objects.long()
+    if objects.shape[-2:] != maps.shape[-2:]:
+        objects = F.interpolate(objects[:, None].float(), size=maps.shape[-2:], mode="nearest")[:, 0].long()
+    vectors, images, ids = [], [], []
+    for i in range(len(maps)):
+        for o in objects[i].unique().tolist():
+            if o == 0:
+                continue
+            on = objects[i] == o
+            vectors.append(maps[i][:, on].float().mean(1))
+            images.append(i)
+            ids.append(o)
+    if not vectors:
+        return torch.zeros(0, maps.shape[1]), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    vectors = torch.stack(vectors)
+    return (F.normalize(vectors, dim=1) if normalize else vectors), torch.tensor(images), torch.tensor(ids)
+
+
+def object_kmeans_miou(maps: torch.Tensor, objects: torch.Tensor, semantic: torch.Tensor, num_classes: int, *,
+                       clusters: Optional[int] = None, seed: int = 0, normalize: bool = True) -> dict:
+    """MaskContrast's K-means protocol: K-means (``clusters``, default ``num_classes``; sklearn, 10 inits) on the
+    mean vector of every object (:func:`object_vectors` of ``maps`` and ``objects``), every pixel of an object
+    labelled ``1 + its cluster``, the rest background 0; scored against ``semantic`` ``(N, H, W)`` (0
+    background, 1..``num_classes``) by :func:`partlab.metrics.hungarian_miou` over the whole set (background a
+    class): one-to-one with ``num_classes`` clusters, each cluster to its best-IoU class when overclustering.
+    ``normalize``: spherical K-means on L2-normalised object vectors (embeddings, CNN features), or plain
+    K-means on the means (raw colours). Returns its dict plus ``"num_objects"``."""
+    from sklearn.cluster import KMeans
+
+    clusters = num_classes if clusters is None else int(clusters)
+    objects = (objects[:, 0] if objects.dim() == 4 else objects).long()
+    vectors, image, ids = object_vectors(maps, objects, normalize)
+    if len(vectors) < clusters:
+        raise ValueError(f"K-means with {clusters} clusters needs at least as many objects, got {len(vectors)}")
+    assignment = KMeans(clusters, n_init=10, random_state=seed).fit(vectors.double().numpy()).labels_
+    labels = torch.zeros_like(objects)
+    for i, o, c in zip(image.tolist(), ids.tolist(), assignment.tolist()):
+        labels[i][objects[i] == o] = 1 + c
+    out = metrics.hungarian_miou(labels.numpy(), semantic.long().numpy(), num_classes + 1,
+                                 many_to_one=clusters != num_classes, num_clusters=clusters + 1)
+    out["num_objects"] = len(vectors)
+    return out
+
+
+@torch.no_grad()
+def semantic_baseline_vectors(name: str, images: torch.Tensor, *, extractor=None, batch_size: int = 64) -> torch.Tensor:
+    """Per-pixel maps a semantic baseline clusters: ``"rgb"`` the raw colours ``(N, 3, H, W)``, ``"features"`` the
+    frozen extractor's (default ``get_extractor("auto")``) ``"kmeans"`` layers (those of partlab's K-means part
+    baseline) upsampled to the image size and concatenated."""
+    if name == "rgb":
+        return images.float()
+    if name != "features":
+        raise ValueError(f"unknown semantic baseline {name!r}; choose one of {SEMANTIC_BASELINES}")
+    from partlab.features import extract_features, get_extractor
+
+    extractor = get_extractor("auto") if extractor is None else extractor
+    layers = extractor.layers_for("kmeans")
+    return extract_features(extractor, images, layers, size=tuple(images.shape[-2:]), batch_size=batch_size)
+
+
+def semantic_benchmark(models: Mapping[str, object], scenes: Mapping[str, torch.Tensor], num_classes: int, *,
+                       clusters: Sequence[int] = (), objects: str = "instances",
+                       baselines: Sequence[str] = SEMANTIC_BASELINES, extractor=None, seed: int = 0
+                       ) -> Dict[str, Dict[str, float]]:
+    """K-means mIoU of each model (and baseline) on ``scenes`` (``"image"``, ``"semantic"``, ``"saliency"``,
+    ``"instances"``): ``{name: {"miou", "acc", "nmi", "ari", "miou@C" for C in clusters}}``.
+
+    ``objects``: what is clustered, one mean vector each: ``"instances"`` every true object of a scene (the
+    scenes hold up to three objects of different categories), ``"saliency"`` each image's true salient region
+    as one object (the paper's VOC protocol, which mixes categories in a scene), or ``"predicted"`` each
+    model's own saliency head > 0.5 as one object (baselines then use the true saliency). Models give their
+    embeddings with :meth:`partlab.methods.MaskContrast.embed`."""
+    if objects not in ("instances", "saliency", "predicted"):
+        raise ValueError(f"objects={objects!r}; choose 'instances', 'saliency' or 'predicted'")
+    semantic = scenes["semantic"].long()
+    truth = scenes["instances"].long() if objects == "instances" else (scenes["saliency"][:, 0] > 0.5).long()
+    sources: Dict[str, tuple] = {}
+    for name, model in models.items():
+        maps, predicted = [], []
+        for start in range(0, len(scenes["image"]), 64):
+            part = model.embed(scenes["image"][start:start + 64])
+            maps.append(part["embeddings"].cpu())
+            predicted.append((part["saliency"].cpu()[:, 0] > 0.5).long())
+        sources[name] = (torch.cat(maps), torch.cat(predicted) if objects == "predicted" else truth)
+    for name in baselines:
+        sources[f"kmeans ({name})"] = (semantic_baseline_vectors(name, scenes["image"], extractor=extractor), truth)
+    results: Dict[str, Dict[str, float]] = {}
+    for name, (maps, found) in sources.items():
+        options = {"seed": seed, "normalize": name != "kmeans (rgb)"}
+        scored = object_kmeans_miou(maps, found, semantic, num_classes, **options)
+        row = {k: scored[k] for k in ("miou", "acc", "nmi", "ari")}
+        for c in clusters:
+            row[f"miou@{c}"] = object_kmeans_miou(maps, found, semantic, num_classes, clusters=c, **options)["miou"]
+        results[name] = row
+    return results

@@ -17,6 +17,7 @@ Sections:
   :func:`grid`, :func:`warp_images`, :func:`warp_labels`, :func:`valid_mask`,
   :func:`unwarp_points`, :func:`warp_points`, :func:`warp_jacobian`
 - colour jitter (the appearance transforms): :func:`color_jitter`, :func:`jitter_preset`
+- views: :func:`random_resized_crop` (crops, flips and MaskContrast's mask-area constraint)
 
 >>> import torch
 >>> parts = torch.zeros(1, 1, 4, 4)
@@ -653,3 +654,93 @@ def jitter_preset(name: str) -> dict:
     if name not in _JITTER_PRESETS:
         raise ValueError(f"unknown jitter preset {name!r}; choose one of {sorted(_JITTER_PRESETS)}")
     return dict(_JITTER_PRESETS[name])
+
+
+# ---------------------------------------------------------------------------------------------
+# random resized crops (MaskContrast's views)
+# ---------------------------------------------------------------------------------------------
+
+
+def _crop_boxes(b: int, scale, ratio, generator, device) -> torch.Tensor:
+    """``(B, 4)`` boxes ``(cx, cy, w, h)`` in normalised units (``w``, ``h``: fractions of the side), drawn
+    as torchvision's ``RandomResizedCrop``: area fraction ``U(scale)``, log aspect ``U(log ratio)``, ten
+    candidates per image, the first that fits; none fits -> the whole image."""
+    tries = 10
+    u = _random((3, tries, b), generator, device, torch.float32)
+    area = scale[0] + (scale[1] - scale[0]) * u[0]
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1]
+    w, h = torch.sqrt(area * log_r.exp()), torch.sqrt(area / log_r.exp())
+    fits = (w <= 1) & (h <= 1)                                               # (tries, B)
+    first = torch.where(fits.any(0), fits.float().argmax(0), torch.zeros(b, dtype=torch.long, device=device))
+    w = torch.where(fits.any(0), w.gather(0, first[None])[0], torch.ones(b, device=device))
+    h = torch.where(fits.any(0), h.gather(0, first[None])[0], torch.ones(b, device=device))
+    c = _random((2, b), generator, device, torch.float32)
+    return torch.stack([(1 - w) * (2 * c[0] - 1), (1 - h) * (2 * c[1] - 1), w, h], dim=1)
+
+
+def random_resized_crop(images: torch.Tensor, masks: Optional[torch.Tensor] = None, *,
+                        scale: Sequence[float] = (0.2, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+                        flip: float = 0.5, size: Optional[Size] = None,
+                        mask_area: Optional[Sequence[float]] = None, tries: int = 10,
+                        generator: Optional[torch.Generator] = None) -> dict:
+    """``RandomResizedCrop`` + ``RandomHorizontalFlip`` on a batch, one box per image, on the images' device.
+
+    Boxes as torchvision draws them (area fraction in ``scale``, aspect ratio in ``ratio``), resampled to
+    ``size`` (default: the input size) bilinearly; ``masks`` ``(B, 1, H, W)`` or ``(B, H, W)`` follow the
+    same boxes with nearest sampling. ``mask_area = (lo, hi)`` is MaskContrast's constraint: an image whose
+    cropped mask covers ``<= lo`` or ``>= hi`` of the view gets a new box, up to ``tries`` rounds; after
+    that it is viewed whole (its mask as it is, even if empty).
+
+    Returns:
+        ``{"images": (B, 3, h, w), "masks": (B, 1, h, w) or None, "boxes": (B, 4) (cx, cy, w, h)
+        normalised, "flipped": (B,) bool, "redrawn": (B,) int rounds used, "whole": (B,) bool}``.
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"random_resized_crop expects images (B, C, H, W), got "
+                         f"{tuple(images.shape) if hasattr(images, 'shape') else type(images).__name__}")
+    b, _, height, width = images.shape
+    if masks is not None:
+        masks = masks[:, None] if masks.dim() == 3 else masks
+        if masks.shape != (b, 1, height, width):
+            raise ValueError(f"masks must be (B, 1, H, W) = {(b, 1, height, width)} or (B, H, W), got "
+                             f"{tuple(masks.shape)}")
+    lo, hi = (float(v) for v in scale)
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {scale!r}")
+    if not 0 < float(ratio[0]) <= float(ratio[1]):
+        raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {ratio!r}")
+    if mask_area is not None and (masks is None or not 0 <= mask_area[0] < mask_area[1] <= 1):
+        raise ValueError(f"mask_area=(lo, hi) needs masks and 0 <= lo < hi <= 1, got {mask_area!r}")
+    out_h, out_w = (height, width) if size is None else _size_hw(size)
+    device = images.device
+    boxes = _crop_boxes(b, (lo, hi), ratio, generator, device)
+    flipped = _random((b,), generator, device, torch.float32) < flip
+    redrawn = torch.zeros(b, dtype=torch.long, device=device)
+    whole = torch.zeros(b, dtype=torch.bool, device=device)
+
+    def sample(x: torch.Tensor, mode: str) -> torch.Tensor:
+        theta = torch.zeros(b, 2, 3, device=device, dtype=torch.float32)
+        theta[:, 0, 0] = torch.where(flipped, -boxes[:, 2], boxes[:, 2])
+        theta[:, 1, 1] = boxes[:, 3]
+        theta[:, :, 2] = boxes[:, :2]
+        grid = F.affine_grid(theta, [b, x.shape[1], out_h, out_w], align_corners=False)
+        return F.grid_sample(x.float(), grid, mode=mode, padding_mode="border", align_corners=False)
+
+    view_masks = None
+    if masks is not None:
+        view_masks = sample(masks, "nearest")
+        if mask_area is not None:
+            for round_ in range(1, tries + 1):
+                area = view_masks.mean((1, 2, 3))
+                bad = (area <= mask_area[0]) | (area >= mask_area[1])
+                if not bool(bad.any()):
+                    break
+                fresh = _crop_boxes(b, (lo, hi), ratio, generator, device)
+                if round_ == tries:                                       # give up: the whole image
+                    fresh = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).expand(b, 4)
+                    whole = whole | bad
+                boxes = torch.where(bad[:, None], fresh, boxes)
+                redrawn = redrawn + bad.long()
+                view_masks = sample(masks, "nearest")
+    return {"images": sample(images, "bilinear").to(images.dtype), "masks": view_masks, "boxes": boxes,
+            "flipped": flipped, "redrawn": redrawn, "whole": whole}

@@ -13,7 +13,8 @@ What :func:`fit` does, step by step:
 3. skips the step if the total ``"loss"`` (or, without a grad scaler, the gradient norm) is not finite,
    and raises after ``max_nonfinite_steps`` consecutive skips, naming the offending terms;
 4. back-propagates, clips gradient norms (per parameter group with a ``"clip"`` value, the others
-   together at ``grad_clip``), steps the optimiser(s), calls ``model.on_step(step)`` if defined;
+   together at ``grad_clip``), steps the optimiser(s), calls ``model.on_step(step)`` if defined (and
+   ``model.on_fit_end(dataset)`` after the last step, before its checkpoint);
 5. every ``log_every`` steps appends a record to ``model.history`` and calls ``callback(step, record)``;
    every ``checkpoint_every`` steps and at the end writes ``checkpoint_dir/last.pt`` atomically.
 
@@ -304,6 +305,8 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
                 raise RuntimeError(f"{consecutive_bad} consecutive non-finite steps (up to step {step}); "
                                    f"non-finite: {sorted(bad_terms)}. The weights are those of the last finite "
                                    f"step. Lower the lr, enable grad_clip or check the loss terms.")
+            if step == cfg.max_steps and callable(getattr(model, "on_fit_end", None)):
+                model.on_fit_end(dataset)                 # e.g. MaskContrast's clusters; saved with the last step
             if path is not None and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
                 _save_checkpoint(path, model, optimizers, scaler, step, history, time.perf_counter() - start, cfg)
     finally:

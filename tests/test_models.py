@@ -61,7 +61,7 @@ def test_deeplab_pretrained_missing_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_build_network():
     assert isinstance(build_network("unet", 4, base_channels=4), UNet)
-    with pytest.raises(ValueError, match="unknown network 'vgg'.*'deeplab', 'standin_unet', 'unet'"):
+    with pytest.raises(ValueError, match="unknown network 'vgg'.*'deeplab', 'deeplab_v3', 'standin_unet', 'unet'"):
         build_network("vgg", 4)
 
 

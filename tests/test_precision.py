@@ -75,6 +75,10 @@ def _calls(x: dict) -> dict:
         "equivariance_affine_loss": lambda: losses.equivariance_affine_loss(
             affines(x["features"]), part_centers(x["logits_t"].softmax(1)[:, 1:], eps=1e-3),
             affines(x["features"].flip(0)), x["warp"]),
+        "mask_prototypes": lambda: losses.mask_prototypes(x["features"], x["fg"]),
+        "maskcontrast_loss": lambda: losses.maskcontrast_loss(
+            x["features"], x["features"].flip(0), x["fg"], x["fg"].flip(-1), x["basis"]),
+        "balanced_bce_loss": lambda: losses.balanced_bce_loss(x["logits"][:, :1], x["fg"]),
     }
 
 

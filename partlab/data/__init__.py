@@ -1,13 +1,15 @@
 """Datasets of partlab. ``partlab.data.synthetic`` is the embedded default: a procedural world of
-articulated, textured objects with exact part labels, landmarks and clips (see its docstring);
-``partlab.data.video`` reads real videos (frame folders or video files) as frame pairs."""
+articulated, textured objects with exact part labels, landmarks, clips and multi-category scenes
+(see its docstring); ``partlab.data.video`` reads real videos (frame folders or video files) as
+frame pairs."""
 
 from .collate import stack_dataset
 from .labels import one_hot_parts
 from .synthetic import (CATEGORIES, LANDMARK_NAMES, LANDMARK_PARTS, PART_NAMES, SPLITS, SyntheticClips,
-                        SyntheticConfig, SyntheticParts, num_parts, render, render_clip)
+                        SyntheticConfig, SyntheticParts, SyntheticScenes, num_parts, render, render_clip,
+                        render_scene)
 from .video import VideoFramePairs
 
 __all__ = ["CATEGORIES", "PART_NAMES", "LANDMARK_NAMES", "LANDMARK_PARTS", "SPLITS", "SyntheticConfig",
-           "num_parts", "render", "render_clip", "SyntheticParts", "SyntheticClips",
-           "VideoFramePairs", "one_hot_parts", "stack_dataset"]
+           "num_parts", "render", "render_clip", "render_scene", "SyntheticParts", "SyntheticClips",
+           "SyntheticScenes", "VideoFramePairs", "one_hot_parts", "stack_dataset"]

@@ -4,7 +4,9 @@ A sample is made in two steps. ``sample_scene`` draws everything that does not d
 resolution (instances: colours, proportions, joint states, global pose; background gradient,
 clutter, distractors, occluder; noise offset) from one ``np.random.Generator``, in fixed-size blocks
 of uniforms so that a knob only changes what it controls. ``render_frame`` then poses the instances
-(forward kinematics, ``_pose``) and rasterises every primitive at the requested size.
+(forward kinematics, ``_pose``) and rasterises every primitive at the requested size. Composite
+scenes (several objects of mixed categories, ``sample_composite`` / ``render_composite``) are made of
+the same pieces: instances, background and drawing.
 """
 
 from __future__ import annotations
@@ -314,7 +316,23 @@ def sample_scene(category: str, index: int, seed: int, split_code: int, cfg: "Sy
     scene = Scene()
     scene.tpl, scene.cat_code, scene.index, scene.cfg = tpl, cat_code, index, cfg
     main = _sample_instance(tpl, _Draws(rng.random(_INSTANCE_DRAWS).tolist()), cfg, 16, False)
-    d = _Draws(rng.random(_SCENE_DRAWS).tolist())
+    _sample_background(scene, _Draws(rng.random(_SCENE_DRAWS).tolist()), main)
+    instances = [main]
+    if cfg.n_instances > 1:
+        extra = rng.random(_INSTANCE_DRAWS * (cfg.n_instances - 1)).tolist()
+        for j in range(1, cfg.n_instances):
+            block = _Draws(extra[(j - 1) * _INSTANCE_DRAWS:j * _INSTANCE_DRAWS])
+            instances.append(_sample_instance(tpl, block, cfg, 16 * (j + 1), True))
+    scene.instances = instances
+    return scene
+
+
+def _sample_background(scene: "Scene | Composite", d: _Draws, main: _Instance) -> None:
+    """The background gradient, clutter, distractors, occluder and noise offset of ``scene`` from its
+    block of ``_SCENE_DRAWS`` uniforms; clutter and distractors take the colours of ``main``'s category
+    and paints, the occluder (if any) covers ``main``."""
+    cfg, tpl = scene.cfg, main.tpl
+    category = tpl.name
     objects = _palette_arrays(category)
     # background gradient: a muted colour, pulled toward an object colour as clutter grows
     bg, obj = _colour(d, _BACKGROUND_COLOURS), _colour(d, objects)
@@ -355,14 +373,6 @@ def sample_scene(category: str, index: int, seed: int, split_code: int, cfg: "Sy
                                     shape, *_clutter_paint(d, category), 0)
     d.pos = _SCENE_DRAWS - 4
     scene.noise_offset = d()
-    instances = [main]
-    if cfg.n_instances > 1:
-        extra = rng.random(_INSTANCE_DRAWS * (cfg.n_instances - 1)).tolist()
-        for j in range(1, cfg.n_instances):
-            block = _Draws(extra[(j - 1) * _INSTANCE_DRAWS:j * _INSTANCE_DRAWS])
-            instances.append(_sample_instance(tpl, block, cfg, 16 * (j + 1), True))
-    scene.instances = instances
-    return scene
 
 
 @functools.lru_cache(maxsize=None)
@@ -382,7 +392,16 @@ def _noise_bank(size: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ drawing
-def render_background(scene: Scene, size: int) -> np.ndarray:
+def _add_noise(image: np.ndarray, noise: float, offset: float, size: int) -> None:
+    """Add pixel noise of std ``noise`` (read from the bank at ``offset``) to ``image`` and clip to [0, 1]."""
+    if noise > 0.0:
+        bank = _noise_bank(size)
+        start = int(offset * size * size)
+        image += bank[start:start + 3 * size * size].reshape(3, size, size) * np.float32(noise)
+    np.clip(image, 0.0, 1.0, out=image)
+
+
+def render_background(scene: "Scene | Composite", size: int) -> np.ndarray:
     """The gradient, clutter and distractors (3, S, S): shared by every frame of a clip."""
     xs, ys = _grid(size)
     c0, c1, gx, gy = scene.gradient
@@ -411,12 +430,7 @@ def render_frame(scene: Scene, background: np.ndarray, states: Sequence, poses: 
             landmarks = lms
     if scene.occluder is not None:
         draw(scene.occluder, image, code, xs, ys)
-    noise = scene.cfg.noise
-    if noise > 0.0:
-        bank = _noise_bank(size)
-        start = int(noise_offset * size * size)
-        image += bank[start:start + 3 * size * size].reshape(3, size, size) * np.float32(noise)
-    np.clip(image, 0.0, 1.0, out=image)
+    _add_noise(image, scene.cfg.noise, noise_offset, size)
     parts = (code & 15).astype(np.int64)
     instances = (code >> 4).astype(np.int64)
     lm = np.array(landmarks, dtype=np.float32)                          # (L, 2)
@@ -484,3 +498,118 @@ def trajectory(inst: _Instance, frames: int, rng: np.random.Generator, drift: fl
         f = t / (frames - 1) if frames > 1 else 0.0
         poses.append((scale * drift[0] ** f, theta + drift[1] * f, flip, tx + drift[2] * f, ty + drift[3] * f))
     return states, poses
+
+
+# --------------------------------------------------------------------------------- composite scenes
+MAX_OBJECTS = 4
+MIN_VISIBLE = 0.035            # fraction of the image each object keeps visible, measured at _CHECK_SIZE
+_CHECK_SIZE = 32               # visibility is measured at one size, so the scene does not depend on the output size
+_COMPOSITE_CODE = 1000         # the category slot of a composite's rng key: never a category code
+_PLACEMENT_TRIES = 16
+_SLOT_DRAWS = 2 + 2 * _PLACEMENT_TRIES          # per object: category, shrink, a position per try
+_COMPOSITE_DRAWS = 1 + MAX_OBJECTS * _SLOT_DRAWS
+_SHRINK_BACK, _SHRINK = (0.8, 1.0), (0.7, 0.9)  # size factor of the back object / of the others (2+ objects)
+_MIN_SCALE = 0.65              # no object smaller than this (at scale 1 an object covers ~10 % of the image)
+
+
+class Composite:
+    """A scene of several objects of mixed categories (size-independent): ``instances`` and their
+    posed ``prims`` back to front, ``classes`` the index of each object's category in the list the
+    scene was drawn from; the background as in :class:`Scene`."""
+
+    __slots__ = ("index", "cfg", "gradient", "background", "occluder", "instances", "prims", "classes",
+                 "noise_offset")
+
+
+def _coverage(prims: Sequence[Prim]) -> np.ndarray:
+    """Where ``prims`` cover a ``_CHECK_SIZE`` image, (S, S) bool."""
+    xs, ys = _grid(_CHECK_SIZE)
+    image = np.empty((3, _CHECK_SIZE, _CHECK_SIZE), dtype=np.float32)
+    code = np.full((_CHECK_SIZE, _CHECK_SIZE), 255, dtype=np.uint8)
+    for p in prims:
+        draw(p, image, code, xs, ys)
+    return code != 255
+
+
+def _least_visible(masks: Sequence[np.ndarray], cover: Optional[np.ndarray] = None) -> float:
+    """The smallest visible fraction of the image among objects ``masks`` (back to front) under ``cover``."""
+    cover = np.zeros_like(masks[0]) if cover is None else cover.copy()
+    least = 1.0
+    for mask in reversed(masks):
+        least = min(least, np.count_nonzero(mask & ~cover) / mask.size)
+        cover |= mask
+    return least
+
+
+def sample_composite(categories: Sequence[str], index: int, seed: int, split_code: int, cfg: "SyntheticConfig",
+                     objects: Tuple[int, int]) -> Composite:
+    """Everything about composite scene ``index`` that does not depend on the resolution.
+
+    From ``default_rng([seed, split_code, _COMPOSITE_CODE, index, 0])``: a block of placement draws
+    (the number of objects; per object slot its category, size factor and a position per try), one
+    block of ``_INSTANCE_DRAWS`` per slot (``MAX_OBJECTS`` always, so ``objects`` only changes how many
+    are used) and the background's block. Objects are placed back to front; an object's position is
+    redrawn (at most ``_PLACEMENT_TRIES`` times, then the best try is kept) until it and every object
+    behind it keep ``MIN_VISIBLE`` of the image; an occluder that would break this is left out.
+    """
+    rng = np.random.default_rng([seed, split_code, _COMPOSITE_CODE, index, 0])
+    d = _Draws(rng.random(_COMPOSITE_DRAWS).tolist())
+    blocks = rng.random(MAX_OBJECTS * _INSTANCE_DRAWS).tolist()
+    lo, hi = objects
+    n = lo + d.pick(hi - lo + 1)
+    scene = Composite()
+    scene.index, scene.cfg = index, cfg
+    scene.instances, scene.prims, scene.classes = [], [], []
+    masks: List[np.ndarray] = []
+    for k in range(n):
+        d.pos = 1 + k * _SLOT_DRAWS
+        c = d.pick(len(categories))
+        block = _Draws(blocks[k * _INSTANCE_DRAWS:(k + 1) * _INSTANCE_DRAWS])
+        inst = _sample_instance(TEMPLATES[categories[c]], block, cfg, 16 * (k + 1), False)
+        scale, theta, flip, _, _ = inst.pose
+        shrink_lo, shrink_hi = _SHRINK_BACK if k == 0 else _SHRINK
+        u = d()
+        if n > 1:
+            scale *= shrink_lo + (shrink_hi - shrink_lo) * u
+        scale = max(scale, _MIN_SCALE)
+        reach = max(1.0 - 0.5 * FIT * scale, 0.0)          # keeps most of the object in the frame
+        if n == 1:
+            reach = min(reach, cfg.translation)              # a lone object is placed as in the world
+        best = None
+        for _ in range(_PLACEMENT_TRIES):
+            pose = (scale, theta, flip, reach * d.sym(), reach * d.sym())
+            prims, _ = _pose(inst, inst.state, pose, cfg.articulation)
+            mask = _coverage(prims)
+            least = _least_visible(masks + [mask])
+            if best is None or least > best[0]:
+                best = (least, pose, prims, mask)
+            if least >= MIN_VISIBLE:
+                break
+        _, inst.pose, prims, mask = best
+        scene.instances.append(inst)
+        scene.prims.append(prims)
+        scene.classes.append(c)
+        masks.append(mask)
+    _sample_background(scene, _Draws(rng.random(_SCENE_DRAWS).tolist()), scene.instances[-1])
+    if scene.occluder is not None and _least_visible(masks, _coverage([scene.occluder])) < MIN_VISIBLE:
+        scene.occluder = None
+    return scene
+
+
+def render_composite(scene: Composite, size: int) -> Dict[str, np.ndarray]:
+    """Draw a composite scene: its background, the objects back to front, the occluder and the noise."""
+    xs, ys = _grid(size)
+    image = render_background(scene, size)
+    code = np.zeros((size, size), dtype=np.uint8)      # 16 * object id + part label
+    for prims in scene.prims:
+        for p in prims:
+            draw(p, image, code, xs, ys)
+    if scene.occluder is not None:
+        draw(scene.occluder, image, code, xs, ys)
+    _add_noise(image, scene.cfg.noise, scene.noise_offset, size)
+    instances = (code >> 4).astype(np.int64)
+    classes = np.array(scene.classes, dtype=np.int64)
+    semantic = np.concatenate([[0], classes + 1])[instances]     # object id -> 1 + its category index
+    return {"image": image, "semantic": semantic, "instances": instances,
+            "saliency": (code > 0)[None].astype(np.float32), "parts": (code & 15).astype(np.int64),
+            "categories": classes, "index": np.int64(scene.index)}

@@ -8,12 +8,13 @@ recipes, ablations and loss terms.
 
 from partlab.methods.base import PartSegmenter, check_images
 from partlab.methods.contrastive import ContrastiveParts, contrastive_quick_setup
+from partlab.methods.maskcontrast import MaskContrast
 from partlab.methods.motion import MotionCoPart
 from partlab.methods.oracle import SupervisedOracle, oracle_quick_setup
 from partlab.methods.scops import SCOPS
 from partlab.methods.registry import REGISTRY, get_method, get_recipe, train_variants
 from partlab.methods.runs import METHODS, load_method
 
-__all__ = ["METHODS", "REGISTRY", "ContrastiveParts", "MotionCoPart", "PartSegmenter", "SCOPS", "SupervisedOracle",
-           "check_images", "contrastive_quick_setup", "get_method", "get_recipe", "load_method", "oracle_quick_setup",
-           "train_variants"]
+__all__ = ["METHODS", "REGISTRY", "ContrastiveParts", "MaskContrast", "MotionCoPart", "PartSegmenter", "SCOPS",
+           "SupervisedOracle", "check_images", "contrastive_quick_setup", "get_method", "get_recipe", "load_method",
+           "oracle_quick_setup", "train_variants"]

@@ -9,7 +9,7 @@ loss-weight explorer (:mod:`partlab.widgets`) and the registry test read it; not
 method by hand. Adding a method is its module plus one line in :data:`REGISTRY`.
 
 >>> sorted(REGISTRY)
-['contrastive', 'motion', 'oracle', 'scops']
+['contrastive', 'maskcontrast', 'motion', 'oracle', 'scops']
 >>> get_method("scops").terms
 ('con', 'eqv', 'lmeqv', 'sc', 'orthonormal')
 """
@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from partlab.methods import contrastive, motion, oracle, scops
+from partlab.methods import contrastive, maskcontrast, motion, oracle, scops
 from partlab.methods.base import PartSegmenter
 
 DATA_KINDS = ("images", "frame pairs", "scenes")
@@ -130,6 +130,8 @@ REGISTRY: dict[str, MethodEntry] = {entry.name: entry for entry in (
                 "contrastive part discovery (Choudhury et al. 2021), inside the foreground"),
     MethodEntry("motion", motion.MotionCoPart, "frame pairs", motion.RECIPES, motion.ABLATIONS, motion.setup,
                 "motion-supervised co-part segmentation (Siarohin et al. 2020): part motion rebuilds the target frame"),
+    MethodEntry("maskcontrast", maskcontrast.MaskContrast, "scenes", maskcontrast.RECIPES, maskcontrast.ABLATIONS,
+                maskcontrast.setup, "MaskContrast (Van Gansbeke et al. 2021): pixels pulled to object-mask prototypes"),
     MethodEntry("oracle", oracle.SupervisedOracle, "images", oracle.RECIPES, {}, oracle.setup,
                 "supervised oracle: the same network on the true part labels (upper bound)"),
 )}
