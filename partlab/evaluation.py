@@ -622,3 +622,26 @@ def semantic_benchmark(models: Mapping[str, object], scenes: Mapping[str, torch.
             row[f"miou@{c}"] = object_kmeans_miou(maps, found, semantic, num_classes, clusters=c, **options)["miou"]
         results[name] = row
     return results
+
+
+def semantic_linear_probe(models: Mapping[str, object], train: Mapping[str, torch.Tensor],
+                          test: Mapping[str, torch.Tensor], num_classes: int, *,
+                          baselines: Sequence[str] = SEMANTIC_BASELINES, extractor=None, steps: int = 300,
+                          seed: int = 0, device="cpu") -> Dict[str, Dict[str, float]]:
+    """MaskContrast's linear evaluation, small: a 1x1 conv on frozen features trained on ``train`` scenes'
+    semantic labels (background a class), plain mIoU on ``test`` (:func:`partlab.metrics.linear_probe_miou`).
+    Models are probed on their decoder features (:meth:`partlab.methods.MaskContrast.embed`), baselines on
+    raw colours and the frozen extractor's K-means layers. Returns ``{name: {"miou", "acc"}}``."""
+    def model_features(model, images):
+        return torch.cat([model.embed(images[i:i + 64])["features"].cpu() for i in range(0, len(images), 64)])
+
+    results: Dict[str, Dict[str, float]] = {}
+    sources = {name: (lambda images, m=model: model_features(m, images)) for name, model in models.items()}
+    for name in baselines:
+        sources[f"probe ({name})"] = lambda images, n=name: semantic_baseline_vectors(n, images, extractor=extractor)
+    for name, features in sources.items():
+        out = metrics.linear_probe_miou(features(train["image"]), train["semantic"].long(), features(test["image"]),
+                                        test["semantic"].long(), num_classes + 1, steps=steps, seed=seed,
+                                        device=device)
+        results[name] = {"miou": out["miou"], "acc": out["acc"]}
+    return results

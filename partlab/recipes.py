@@ -55,6 +55,7 @@ class DataSpec:
             and held in memory. ``False`` (paper): computed on the fly on the device, at any scale.
         clip_motion: frame-pair methods (``motion``): the world's ``clip_motion``, the multiplier of the
             object's global drift between the two frames of a clip (1: the world's clips as they are).
+        scene_objects: scene methods (``maskcontrast``): ``(lo, hi)`` objects per training scene.
     """
 
     dataset: str = "synthetic"
@@ -65,6 +66,7 @@ class DataSpec:
     features: str = "auto"
     cache: bool = True
     clip_motion: float = 1.0
+    scene_objects: tuple = (1, 3)
 
     def __post_init__(self) -> None:
         if self.dataset != "synthetic":
@@ -91,6 +93,12 @@ class DataSpec:
         if isinstance(motion, bool) or not isinstance(motion, (int, float)) or not 0 <= motion <= 8:
             raise ValueError(f"data.clip_motion must be a number in [0, 8], got {motion!r}")
         object.__setattr__(self, "clip_motion", float(motion))
+        objects = self.scene_objects
+        if not (isinstance(objects, (list, tuple)) and len(objects) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in objects)
+                and 1 <= objects[0] <= objects[1] <= 4):
+            raise ValueError(f"data.scene_objects must be (lo, hi) with 1 <= lo <= hi <= 4, got {objects!r}")
+        object.__setattr__(self, "scene_objects", tuple(objects))
 
     def world_config(self):
         """The :class:`partlab.data.synthetic.SyntheticConfig` of ``world`` with this spec's ``clip_motion``."""

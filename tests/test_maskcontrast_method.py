@@ -158,3 +158,23 @@ def test_object_kmeans_miou_on_perfect_and_permuted_embeddings():
     assert vectors.shape == (len(image), 4) and torch.allclose(vectors.norm(dim=1), torch.ones(len(image)))
     with pytest.raises(ValueError, match="clusters"):
         object_kmeans_miou(perfect[:1], instances[:1], semantic[:1], 4, clusters=9)
+
+
+def test_semantic_benchmark_and_linear_probe_run_on_scenes():
+    from partlab.data import SyntheticScenes, stack_dataset
+    from partlab.evaluation import semantic_benchmark, semantic_linear_probe
+    from partlab.features import get_extractor
+
+    torch.manual_seed(0)
+    model = MaskContrast(4, base_channels=8, depth=2)
+    scenes = stack_dataset(SyntheticScenes(size=32, length=12, seed=1, split="val"))
+    rgb = get_extractor("rgb")
+    table = semantic_benchmark({"mc": model}, scenes, 4, clusters=(6,), baselines=("rgb",), extractor=rgb)
+    assert set(table) == {"mc", "kmeans (rgb)"} and set(table["mc"]) == {"miou", "acc", "nmi", "ari", "miou@6"}
+    assert all(0 <= row["miou"] <= 1 for row in table.values())
+    predicted = semantic_benchmark({"mc": model}, scenes, 4, objects="predicted", baselines=())
+    assert 0 <= predicted["mc"]["miou"] <= 1
+    probe = semantic_linear_probe({"mc": model}, scenes, scenes, 4, baselines=("rgb",), steps=5)
+    assert set(probe) == {"mc", "probe (rgb)"} and all(0 <= r["miou"] <= 1 for r in probe.values())
+    with pytest.raises(ValueError, match="objects"):
+        semantic_benchmark({"mc": model}, scenes, 4, objects="boxes")

@@ -103,14 +103,14 @@ class MaskContrastNet(nn.Module):
     def backbone_parameters(self) -> list[nn.Parameter]:
         body = self.body
         if hasattr(body, "backbone_parameters"):
-            return body.backbone_parameters()
+            return list(body.backbone_parameters())
         heads = {id(p) for p in self.head_parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in heads]
 
     def head_parameters(self) -> list[nn.Parameter]:
         body = self.body
         own = list(self.saliency_head.parameters())
-        return (body.head_parameters() if hasattr(body, "head_parameters") else []) + own
+        return (list(body.head_parameters()) if hasattr(body, "head_parameters") else []) + own
 
 
 class MaskContrast(PartSegmenter):
@@ -356,7 +356,8 @@ def setup(recipe, device: str = "auto", run_dir=None):
     source = settings.get("saliency_source", "world")
     if source not in SALIENCY_SOURCES:
         raise ValueError(f"model.saliency_source={source!r}; choose one of {SALIENCY_SOURCES}")
-    dataset = SyntheticScenes(size=data.size, length=data.n_train, seed=seed, split="train", config=data.world)
+    dataset = SyntheticScenes(size=data.size, length=data.n_train, seed=seed, split="train", config=data.world,
+                              objects=data.scene_objects)
     if source == "rbd":
         from partlab.saliency import cached_saliency
 
