@@ -570,20 +570,21 @@ def bar_chart(results: Mapping[str, Mapping[str, float]], metrics: Sequence[str]
     return fig
 
 
-def feature_pca(features, mask=None) -> "torch.Tensor":
+def feature_pca(features, mask=None, rectify: bool = True) -> "torch.Tensor":
     """Features ``(N, C, h, w)`` as colours ``(N, 3, h, w)`` in [0, 1]: their three main directions.
 
     The principal components are those of the whole collection (one colour code for every image),
     over the pixels where ``mask`` ``(N, 1, h, w)`` or ``(N, h, w)`` is >= 0.5 (all pixels when
     ``None``); each component is scaled to [0, 1] over those pixels, and pixels outside the mask are
-    black. Features are rectified first (``relu``), as the losses see them.
+    black. Features are rectified first (``relu``), as the losses see them, unless ``rectify=False``
+    (signed embeddings, e.g. MaskContrast's).
     """
     import torch
 
     features = torch.as_tensor(features).float()
     if features.dim() != 4:
         raise ValueError(f"features must have shape (N, C, h, w), got {tuple(features.shape)}")
-    x = features.relu().permute(0, 2, 3, 1)                                    # (N, h, w, C)
+    x = (features.relu() if rectify else features).permute(0, 2, 3, 1)         # (N, h, w, C)
     if mask is None:
         inside = torch.ones(x.shape[:3], dtype=torch.bool)
     else:
