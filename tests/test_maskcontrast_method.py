@@ -178,3 +178,19 @@ def test_semantic_benchmark_and_linear_probe_run_on_scenes():
     assert set(probe) == {"mc", "probe (rgb)"} and all(0 <= r["miou"] <= 1 for r in probe.values())
     with pytest.raises(ValueError, match="objects"):
         semantic_benchmark({"mc": model}, scenes, 4, objects="boxes")
+
+
+def test_recipe_setup_with_world_or_rbd_saliency():
+    from partlab.methods.registry import get_recipe
+
+    tiny = {"data.size": 32, "data.n_train": 4, "model.base_channels": 8, "model.depth": 2, "fit.max_steps": 1}
+    model, data, info = get_recipe("maskcontrast", "quick").override(tiny).build(device="cpu")
+    assert model.mask_key == "saliency" and info["saliency"] == "world" and model.num_parts == 4
+    assert data[0]["saliency"].shape == (1, 32, 32)
+    rbd = get_recipe("maskcontrast", "quick").override({**tiny, "model.saliency_source": "rbd"})
+    model, data, info = rbd.build(device="cpu")
+    assert model.mask_key == "rbd" and info["saliency"] == "rbd" and data[0]["rbd"].shape == (1, 32, 32)
+    assert torch.isfinite(model.losses({k: torch.stack([data[i][k] for i in range(4)]) for k in ("image", "rbd")})["loss"])
+    single = get_recipe("maskcontrast", "quick").override({**tiny, "data.scene_objects": [1, 1]})
+    _, data, _ = single.build(device="cpu")
+    assert all(int(data[i]["num_objects"]) == 1 for i in range(4))
