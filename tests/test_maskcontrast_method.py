@@ -183,7 +183,8 @@ def test_semantic_benchmark_and_linear_probe_run_on_scenes():
 def test_recipe_setup_with_world_or_rbd_saliency():
     from partlab.methods.registry import get_recipe
 
-    tiny = {"data.size": 32, "data.n_train": 4, "model.base_channels": 8, "model.depth": 2, "fit.max_steps": 1}
+    tiny = {"data.size": 32, "data.n_train": 4, "model.network": "unet", "model.base_channels": 8, "model.depth": 2,
+            "fit.max_steps": 1}
     model, data, info = get_recipe("maskcontrast", "quick").override(tiny).build(device="cpu")
     assert model.mask_key == "saliency" and info["saliency"] == "world" and model.num_parts == 4
     assert data[0]["saliency"].shape == (1, 32, 32)
