@@ -372,6 +372,16 @@ def _to_torch(sample: Dict[str, np.ndarray], pad_landmarks: int) -> Dict[str, to
     return out
 
 
+def _check_common(dataset, size: Any, length: Any, seed: Any, split: Any, config: ConfigLike) -> None:
+    """Check and set the arguments every synthetic dataset shares: size, length, seed, split, config."""
+    dataset.size = _check_int("size", size, MIN_SIZE, MAX_SIZE)
+    dataset.length = _check_int("length", length, 0)
+    dataset.seed = _check_int("seed", seed, 0)
+    _check_split(split)
+    dataset.split = split
+    dataset.config = _coerce_config(config)
+
+
 class SyntheticParts(Dataset):
     """Torch dataset of rendered samples: ``dataset[i]`` is a dict of tensors (keys and shapes in the
     module docstring; ``image`` (3, H, W) float32 in [0, 1], ``parts`` (H, W) int64, ``fg`` (1, H, W),
@@ -389,12 +399,7 @@ class SyntheticParts(Dataset):
     def __init__(self, category: Union[str, Sequence[str]] = "bird", size: int = 64, length: int = 1000,
                  seed: int = 0, split: str = "train", config: ConfigLike = None):
         self.categories = _check_categories(category)
-        self.size = _check_int("size", size, MIN_SIZE, MAX_SIZE)
-        self.length = _check_int("length", length, 0)
-        self.seed = _check_int("seed", seed, 0)
-        _check_split(split)
-        self.split = split
-        self.config = _coerce_config(config)
+        _check_common(self, size, length, seed, split, config)
         self._pad = max(len(LANDMARK_NAMES[c]) for c in self.categories) if len(self.categories) > 1 else 0
 
     def __len__(self) -> int:
@@ -488,12 +493,7 @@ class SyntheticScenes(Dataset):
                  config: ConfigLike = None, categories: Union[str, Sequence[str]] = "all",
                  objects: Tuple[int, int] = (1, 3)):
         self.categories, self.objects = _check_scene_classes(categories, objects)
-        self.size = _check_int("size", size, MIN_SIZE, MAX_SIZE)
-        self.length = _check_int("length", length, 0)
-        self.seed = _check_int("seed", seed, 0)
-        _check_split(split)
-        self.split = split
-        self.config = _coerce_config(config)
+        _check_common(self, size, length, seed, split, config)
 
     def __len__(self) -> int:
         return self.length

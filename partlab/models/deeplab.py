@@ -95,6 +95,10 @@ class DeepLabV2(nn.Module):
         for conv in self.classifier:
             nn.init.normal_(conv.weight, 0.0, 0.01)
             nn.init.zeros_(conv.bias)
+        self._normalise_and_freeze(use_imagenet, freeze_bn)
+
+    def _normalise_and_freeze(self, use_imagenet: bool, freeze_bn: bool | None) -> None:
+        """ImageNet normalisation buffers; the backbone's BatchNorm frozen as ``freeze_bn`` (None: with ImageNet)."""
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.bn_frozen = use_imagenet if freeze_bn is None else bool(freeze_bn)
@@ -161,12 +165,7 @@ class DeepLabV3(DeepLabV2):
         self.decoder = nn.Sequential(ASPP(2048, list(atrous_rates), 256), nn.Conv2d(256, 256, 3, padding=1, bias=False),
                                      nn.BatchNorm2d(256), nn.ReLU(inplace=True))
         self.classifier = nn.Conv2d(256, out_channels, 1)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.bn_frozen = use_imagenet if freeze_bn is None else bool(freeze_bn)
-        if self.bn_frozen:
-            for module in self._batchnorms():
-                module.requires_grad_(False)
+        self._normalise_and_freeze(use_imagenet, freeze_bn)
 
     def head_parameters(self) -> list[nn.Parameter]:
         """ASPP, decoder and classifier parameters."""
