@@ -78,7 +78,7 @@ def _head_name(network: nn.Module) -> str:
                      f"to replace; use network 'unet', 'standin_unet' or 'deeplab_v3'")
 
 
-def finetune_network(pretrained: Optional[nn.Module], num_classes: int, *, network: str = "unet",
+def finetune_network(pretrained: Optional[nn.Module], num_classes: int, /, *, network: str = "unet",
                      **network_kwargs: Any) -> nn.Module:
     """The segmentation network to fine-tune: images ``(B, 3, H, W)`` -> logits ``(B, num_classes + 1, H, W)``.
 

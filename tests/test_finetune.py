@@ -216,3 +216,12 @@ def test_finetune_miou_bad_input():
         call(lr=-0.1)
     with pytest.raises(ValueError, match="num_classes"):
         call(num_classes=0)
+
+
+def test_a_from_scratch_network_may_take_its_own_pretrained_setting():
+    """The stand-in U-Net's own ``pretrained`` keyword reaches the network (the first argument is positional-only)."""
+    start = finetune_network(None, 4, network="standin_unet", pretrained=True)
+    scratch = finetune_network(None, 4, network="standin_unet", pretrained=False)
+    assert start.head.out_channels == 5 and scratch.head.out_channels == 5
+    first = next(iter(start.encoder.parameters()))
+    assert not torch.equal(first, next(iter(scratch.encoder.parameters())))
