@@ -300,7 +300,6 @@ def _cmd_evaluate(args) -> int:
     from partlab import evaluation
     from partlab.data.synthetic import num_parts
     from partlab.methods import load_method
-    from partlab.methods.runs import jsonable
 
     if not args.run and not args.baseline:
         raise ValueError("nothing to evaluate: give --run DIR (a folder from `partlab train scops --out DIR`) "
@@ -350,13 +349,19 @@ def _cmd_evaluate(args) -> int:
             results[_unique_name(name, results)] = row
     print(evaluation.format_table(results))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-        print(f"wrote {path}")
+        _write_json(Path(args.json), results)
     return 0
+
+
+def _write_json(path: Path, results) -> None:
+    """The scores as JSON, written atomically (a temporary file, then ``os.replace``)."""
+    from partlab.methods.runs import jsonable
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
 
 
 def _is_scenes(model) -> bool:
@@ -369,7 +374,6 @@ def _evaluate_scenes(args, runs) -> int:
     """``partlab evaluate`` for semantic methods (MaskContrast): K-means mIoU on synthetic test scenes."""
     from partlab import evaluation
     from partlab.data import SyntheticScenes, stack_dataset
-    from partlab.methods.runs import jsonable
 
     if not all(_is_scenes(model) for model, _ in runs):
         raise ValueError("--run folders mix part methods and semantic (scenes) methods; evaluate them separately")
@@ -390,12 +394,7 @@ def _evaluate_scenes(args, runs) -> int:
     results = evaluation.semantic_benchmark(models, test, scenes.num_classes, extractor=extractor, seed=args.seed)
     print(evaluation.format_table(results, columns=("miou", "acc", "nmi", "ari")))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-        print(f"wrote {path}")
+        _write_json(Path(args.json), results)
     return 0
 
 
