@@ -3,22 +3,28 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.partlab-installed
-PIPFLAGS ?= -qq   # errors only (this machine's pip config warns about missing index folders); -v to see all
+PIPFLAGS ?=       # pip's output goes to $(VENV)/setup.log (its tail is shown when setup fails)
+JOBS ?=           # notebooks run at once by `make demo` (empty: one per core)
 
 .PHONY: setup browser demo test lab bench clean
 
 setup: $(STAMP)
 
 # Pinned, reproducible install: constraints.txt is the lock file for regression runs.
+# Installer output (deprecation notices, this machine's index warnings) goes to a log, not the screen.
 $(STAMP): pyproject.toml constraints.txt
+	@echo "setting up $(VENV): pinned install from constraints.txt (log: $(VENV)/setup.log) ..."
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install $(PIPFLAGS) --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install $(PIPFLAGS) -c constraints.txt -e ".[dev]"
+	@{ $(BIN)/python -m pip install $(PIPFLAGS) --upgrade pip setuptools wheel \
+	   && $(BIN)/python -m pip install $(PIPFLAGS) -c constraints.txt -e ".[dev]"; } >$(VENV)/setup.log 2>&1 \
+	  || { tail -n 30 $(VENV)/setup.log; echo "setup failed: the whole log is $(VENV)/setup.log"; exit 1; }
 	@touch $(STAMP)
+	@echo "setup done"
 
-## demo: run the whole curriculum headlessly (quick mode) into outputs/, export HTML, print a summary
+## demo: run the whole curriculum headlessly (quick mode) into outputs/, JOBS notebooks at a time (default:
+## one per core), export HTML, print the summary with each notebook's headline; the report is outputs/index.html
 demo: setup
-	$(BIN)/python -m partlab.notebooks run --quick --html
+	@$(BIN)/python -m partlab.notebooks run --quick --html $(if $(strip $(JOBS)),--jobs $(JOBS))
 
 ## browser: Debian's chromium + chromium-driver for tests/test_browser.py, installed when missing (root only;
 ## otherwise that test skips and says why); apt's output goes to $(VENV)/apt-browser.log

@@ -27,7 +27,7 @@ landmark_error part centres -> landmarks by linear regression fitted on the   lo
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -444,6 +444,17 @@ class Benchmark:
                 text += f", oracle {self.results[self.oracle][metric]:.3f}"
             parts.append(text)
         return f"{name}: " + "; ".join(parts)
+
+    def headline_metrics(self, method: Optional[str] = None, metrics: Sequence[str] = HEADLINE_METRICS) -> List[str]:
+        """The keys of :meth:`flat` that :meth:`headline` shows: each metric of ``method``, of its best
+        baseline and of the oracle (for :func:`partlab.notebooks.write_metrics`, whose report plots them)."""
+        name = method or self.method
+        keys = []
+        for metric in metrics:
+            rows = [name] + ([rank(self.results, metric, self.baselines)[0]] if self.baselines else [])
+            rows += [self.oracle] if self.oracle else []
+            keys += [f"{row}.{metric}" for row in rows if f"{row}.{metric}" not in keys]
+        return keys
 
     def flat(self) -> Dict[str, float]:
         """``{"<row>.<metric>": value}`` and ``{"margin.<baseline>.<metric>": margin}`` of the headline, for

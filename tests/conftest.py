@@ -5,7 +5,9 @@ notebook kernel it starts, then uses one thread, which on 2 cores gets ~1.3x mor
 process on two threads. The notebook runs go first, longest first, so the workers finish together.
 """
 
+import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("PARTLAB_PROGRESS", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -20,9 +22,9 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 
 
-# the notebook runs by their time in quick mode (seconds on 2 cores, 2026-12-02); unknown ones go last
-NOTEBOOK_SECONDS = {"06": 480, "09": 385, "08": 316, "05": 254, "01": 110, "04": 63, "03": 54, "07": 28,
-                    "00": 26, "02": 23}
+# the notebook runs by their time in quick mode (the baselines' "seconds", on 2 cores); unknown ones go last
+_BASELINES = json.loads((Path(__file__).parent / "baselines" / "quick.json").read_text())
+NOTEBOOK_SECONDS = {name: max([e.get("seconds", 0) for e in entries] or [0]) for name, entries in _BASELINES.items()}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,7 +33,7 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("notebook") is None:
             return None
         stem = item.callspec.id if hasattr(item, "callspec") else ""
-        return NOTEBOOK_SECONDS.get(stem[:2], 0)
+        return NOTEBOOK_SECONDS.get(stem, 0)
 
     runs = [item for item in items if notebook_seconds(item) is not None]
     rest = [item for item in items if notebook_seconds(item) is None]

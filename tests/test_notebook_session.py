@@ -76,6 +76,9 @@ def test_benchmark_rows_margins_summary_and_figure():
     assert line.startswith("scops: fg_ari ") and "landmark_error↓" in line and "oracle" in line and "\n" not in line
     best = evaluation.rank(r, "fg_ari", bench.baselines)[0]
     assert f"vs {r[best]['fg_ari']:.3f} {best}" in line
+    keys = bench.headline_metrics()
+    assert keys[:3] == ["scops.fg_ari", f"{best}.fg_ari", "oracle.fg_ari"] and len(keys) == 6
+    assert all(key in flat for key in keys)
     assert bench.predictions["scops"]["labels"].shape == (20, 32, 32)
     fig = viz.benchmark_figure(bench, title="t")
     outlined = [p for p in fig.axes[0].containers[0]]

@@ -4,7 +4,6 @@ Each notebook runs through the same runner as ``make demo`` and its metrics are 
 ``tests/baselines/quick.json``; a metric outside its stated tolerance fails the test, naming the metric.
 """
 
-import json
 import re
 from pathlib import Path
 
@@ -13,10 +12,11 @@ import papermill
 import pytest
 
 from partlab import notebooks as nbs
+from partlab.notebooks import regression
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = nbs.list_notebooks(ROOT / "notebooks")
-BASELINES = json.loads((ROOT / "tests" / "baselines" / "quick.json").read_text())
+BASELINES = regression.load(ROOT / "tests" / "baselines" / "quick.json")
 MAX_CELL_LINES = 15
 
 
@@ -43,6 +43,8 @@ def test_contract(path):
     assert nb.metadata.get("kernelspec", {}).get("name") == nbs.KERNEL_NAME
     assert "write_metrics" in code[-1].source, "the last cell must write the metrics JSON"
     assert path.stem in BASELINES, f"tests/baselines/quick.json has no entry for {path.stem}"
+    assert regression.find(BASELINES[path.stem], nbs.run_parameters(path, True)) is not None, \
+        f"tests/baselines/quick.json has no baseline for {path.stem}'s default parameters"
     long_cells = [c.source.count("\n") + 1 for c in code if c.source.count("\n") + 1 > MAX_CELL_LINES]
     assert not long_cells, f"cells of {long_cells} lines (at most {MAX_CELL_LINES}): move the code into partlab"
 

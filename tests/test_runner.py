@@ -93,3 +93,113 @@ def test_run_curriculum_end_to_end(tmp_path, capsys):
     assert main(["run", "--notebooks", str(folder), "--output-dir", str(out), "--no-check", "--only", "01"]) == 1
     assert main(["run", "--notebooks", str(folder), "--output-dir", str(out), "--no-check",
                  "-p", "nope", "1"]) == 2
+
+
+# --- baselines keyed by parameters, the history, the report, parallel runs ---------------------------------
+
+from partlab.notebooks import regression, report  # noqa: E402
+
+
+def test_a_baseline_is_found_only_for_the_parameters_that_made_it():
+    entries = [{"parameters": {"quick": True, "seed": 0, "size": [64, 64]}, "metrics": {"a": {"value": 1.0}}}]
+    assert regression.find(entries, {"seed": 0, "quick": True, "size": (64, 64), "metrics_path": "x"}) is not None
+    assert regression.find(entries, {"seed": 1, "quick": True, "size": (64, 64)}) is None
+    assert regression.difference(entries, {"seed": 1, "quick": True, "size": [64, 64]}) == \
+        "the nearest stored one has seed=0 (this run: 1)"
+    assert "none is stored" in regression.difference([], {"seed": 1})
+
+
+def test_update_entry_keeps_tolerances_and_floors_and_says_what_moved():
+    entries = [{"parameters": {"seed": 0}, "metrics": {"fg_ari": {"value": 0.235, "atol": 0.05, "min": 0.1},
+                                                       "err": {"max": 0.3}, "gone": {"value": 1.0}}}]
+    entry, changes = regression.update_entry(entries, {"seed": 1}, {"fg_ari": 0.179, "err": 0.2, "extra": 5.0})
+    assert entry["parameters"] == {"seed": 1} and len(entries) == 2 and entries[0]["parameters"] == {"seed": 0}
+    assert entry["metrics"] == {"fg_ari": {"value": 0.179, "atol": 0.05, "min": 0.1}, "err": {"max": 0.3}}
+    assert "new: fg_ari = 0.179" in changes
+    entry, changes = regression.update_entry(entries, {"seed": 0}, {"fg_ari": 0.2, "err": 0.2}, seconds=12.4)
+    assert len(entries) == 2 and entries[0] is entry and entry["seconds"] == 12
+    assert "fg_ari 0.235 -> 0.2" in changes and any(c.startswith("gone: gone") for c in changes)
+    fresh, _ = regression.update_entry([], {"seed": 0}, {"x": 2.0, "name": "text"})
+    assert fresh["metrics"] == {"x": dict(regression.DEFAULT_RULE, value=2.0)}
+
+
+def test_the_old_unkeyed_layout_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "b.json").write_text(json.dumps({"05_x": {"a": {"value": 1}}}))
+    with pytest.raises(ValueError, match="--update-baselines"):
+        regression.load(tmp_path / "b.json")
+    assert regression.load(tmp_path / "missing.json") == {}
+
+
+def test_write_metrics_checks_the_headline_metrics(tmp_path):
+    path = nbs.write_metrics({"a": {"b": 1.5}, "c": "x"}, tmp_path / "m.json", headline="h", headline_metrics=["a.b"])
+    assert json.loads(path.read_text())["headline_metrics"] == ["a.b"]
+    with pytest.raises(ValueError, match=r"\['c', 'zz'\]"):
+        nbs.write_metrics({"a": 1.0, "c": "x"}, tmp_path / "n.json", headline_metrics=["a", "c", "zz"])
+
+
+def test_moved_metrics_rank_by_tolerance():
+    moved = report.moved_metrics({"a": 0.30, "b": 1.0, "c": 5.0},
+                                 {"a": {"value": 0.20, "atol": 0.05}, "b": {"value": 1.0}, "c": {"value": 4.0, "rtol": 1.0}})
+    assert [m["name"] for m in moved] == ["a", "c"] and moved[0]["outside"] and not moved[1]["outside"]
+
+
+TINY = ("from partlab.notebooks import write_metrics\nimport matplotlib.pyplot as plt, os\n"
+        "os.makedirs(figures_dir, exist_ok=True)\nfig, ax = plt.subplots(); ax.plot([0, seed]); "
+        "fig.savefig(f'{figures_dir}/line.png')\n"
+        "write_metrics({'score': 0.5 + 0.1 * seed, 'threads': int(os.environ.get('OMP_NUM_THREADS', 0))}, "
+        "metrics_path, headline=f'score {0.5 + 0.1 * seed:.2f}', headline_metrics=['score'])")
+PARAMS = "quick = True\nmetrics_path = 'm.json'\nfigures_dir = 'f'\nseed = 0"
+
+
+@pytest.mark.notebook
+def test_a_run_with_other_parameters_has_no_baseline_until_one_is_stored(tmp_path, capsys):
+    folder, out, bfile = tmp_path / "nb", tmp_path / "out", tmp_path / "baselines.json"
+    folder.mkdir()
+    _notebook(folder / "00_tiny.ipynb", TINY, PARAMS)
+    run = ["run", "--notebooks", str(folder), "--output-dir", str(out), "--baselines", str(bfile), "--jobs", "1"]
+    # seed 0 stores the first baseline; then a seed-1 run has none: "no baseline", exit 0, not "regressed"
+    assert main(run + ["--update-baselines"]) == 0
+    assert "new: score = 0.5" in capsys.readouterr().out
+    assert main(run + ["-p", "seed", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "no baseline" in text and "seed=0 (this run: 1)" in text and "regressed" not in text
+    # --update-baselines stores a seed-1 entry beside the seed-0 one; then seed 1 passes
+    assert main(run + ["-p", "seed", "1", "--update-baselines"]) == 0
+    assert "[seed=1]: new: score = 0.6" in capsys.readouterr().out
+    stored = regression.load(bfile)["00_tiny"]
+    assert sorted(e["parameters"]["seed"] for e in stored) == [0, 1]
+    assert main(run + ["-p", "seed", "1"]) == 0
+    assert json.loads((out / "summary.json").read_text())[0]["status"] == "ok"
+    # a metric pushed past its tolerance still fails loudly, naming the metric
+    for entry in stored:
+        entry["metrics"]["score"]["value"] += 0.5
+    regression.save({"00_tiny": stored}, bfile)
+    assert main(run + ["-p", "seed", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "'score'" in captured.out and "00_tiny (regressed)" in captured.err
+    # every run left one line in the history, with the commit and its parameters
+    history = regression.read_history(out / "history.jsonl")
+    assert len(history) == 5 and [h["parameters"]["seed"] for h in history] == [0, 1, 1, 1, 1]
+    assert history[-1]["status"] == "regressed" and history[-1]["metrics"]["score"] == pytest.approx(0.6)
+    assert history[-1]["headline_metrics"] == ["score"] and history[-1]["commit"]
+
+
+@pytest.mark.notebook
+def test_parallel_run_writes_the_report(tmp_path, capsys):
+    folder, out = tmp_path / "nb", tmp_path / "out"
+    folder.mkdir()
+    _notebook(folder / "00_tiny.ipynb", TINY, PARAMS)
+    _notebook(folder / "01_other.ipynb", TINY, PARAMS)
+    _notebook(folder / "02_bad.ipynb", "raise RuntimeError('boom')", PARAMS)
+    results = nbs.run_curriculum(notebooks=folder, output_dir=out, html=True, check=False, jobs=2)
+    assert [r.name for r in results] == ["00_tiny", "01_other", "02_bad"]           # curriculum order
+    assert [r.status for r in results] == ["ok", "ok", "failed"]
+    assert "2 at a time" in capsys.readouterr().out
+    assert all(r.metrics["threads"] >= 1 for r in results[:2])                       # each kernel limited
+    executed = nbformat.read(str(out / "02_bad.ipynb"), as_version=4)                # kept, with the traceback
+    assert any(o.get("ename") == "RuntimeError" for c in executed.cells for o in c.get("outputs", []))
+    page = (out / "index.html").read_text()
+    for name in ("00_tiny", "01_other", "02_bad"):
+        assert f'href="html/{name}.html"' in page
+    assert 'src="figures/00_tiny/line.png"' in page and "RuntimeError: boom" in page
+    assert 'src="report/trend_00_tiny.png"' in page and (out / "report" / "trend_00_tiny.png").is_file()

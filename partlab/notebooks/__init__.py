@@ -1,10 +1,13 @@
 """The curriculum runner: execute the notebooks headlessly with papermill and guard their metrics.
 
-``python -m partlab.notebooks run [--quick] [--only NAME] [-p KEY VALUE] [--html]`` executes every
-notebook of ``notebooks/`` (or the ones named) into ``outputs/``, each with its ``metrics_path`` and
-``figures_dir`` parameters pointed there, gathers the metrics JSON files into one table, and compares
-them with the stored baselines in ``tests/baselines/`` (quick mode). A metric outside its tolerance, a
-missing metric or a failing notebook makes the run exit non-zero, naming what failed: the regression run.
+``python -m partlab.notebooks run [--quick] [--only NAME] [-p KEY VALUE] [--html] [--jobs N]`` executes
+every notebook of ``notebooks/`` (or the ones named) into ``outputs/``, ``N`` at a time, each with its
+``metrics_path`` and ``figures_dir`` parameters pointed there, gathers the metrics JSON files into one
+table, and compares each notebook's metrics with the stored baseline of the same parameters in
+``tests/baselines/`` (:mod:`partlab.notebooks.regression`). A metric outside its tolerance, a missing
+metric or a failing notebook makes the run exit non-zero, naming what failed: the regression run. A run
+with parameters no baseline was made with says "no baseline"; ``--update-baselines`` stores one. Each run
+appends to ``outputs/history.jsonl`` and writes ``outputs/index.html`` (:mod:`partlab.notebooks.report`).
 
 Notebook contract (DESIGN.md): one cell tagged ``parameters`` defining at least ``quick``, ``device``,
 ``dataset``, ``data_root``, ``seed``, ``metrics_path``; no committed outputs; the last cell writes the
@@ -96,14 +99,26 @@ def _finite(value: Any, key: str) -> Any:
 
 
 HEADLINE = "headline"
+HEADLINE_METRICS = "headline_metrics"
 
 
-def write_metrics(metrics: Mapping[str, Any], path: "str | Path", headline: Optional[str] = None) -> Path:
+def write_metrics(metrics: Mapping[str, Any], path: "str | Path", headline: Optional[str] = None,
+                  headline_metrics: Optional[Sequence[str]] = None) -> Path:
     """Write a notebook's metrics as JSON (folders created). NaN or infinite values raise ``ValueError``.
+
     ``headline``: one line, the notebook's result in words and numbers (e.g. the method against its best
-    baseline, :meth:`partlab.evaluation.Benchmark.headline`), shown by the curriculum's summary table."""
+    baseline, :meth:`partlab.evaluation.Benchmark.headline`), shown by the summary table and the report.
+    ``headline_metrics``: the (flattened) metric names the headline is made of
+    (:meth:`partlab.evaluation.Benchmark.headline_metrics`); the report plots them over the runs. A name
+    that is not a numeric metric raises ``ValueError``."""
     path = Path(path)
     clean = {str(k): _finite(v, str(k)) for k, v in metrics.items()}
+    if headline_metrics is not None:
+        flat = flatten(clean)
+        bad = [k for k in headline_metrics if not isinstance(flat.get(k), (int, float)) or isinstance(flat.get(k), bool)]
+        if bad:
+            raise ValueError(f"headline_metrics {bad} are not numeric metrics of this notebook")
+        clean[HEADLINE_METRICS] = [str(k) for k in headline_metrics]
     if headline is not None:
         clean[HEADLINE] = " ".join(str(headline).split())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,23 +171,41 @@ def compare(metrics: Mapping[str, Any], expected: Mapping[str, Mapping[str, floa
 @dataclass
 class NotebookResult:
     name: str
-    status: str  # "ok", "failed", "regressed"
+    status: str  # "ok", "failed", "regressed", "no baseline", "updated" (after --update-baselines)
     seconds: float
     metrics: Dict[str, Any] = field(default_factory=dict)
     problems: List[str] = field(default_factory=list)
     output: Optional[Path] = None
+    parameters: Dict[str, Any] = field(default_factory=dict)     # the run's effective, keyed parameters
+    baseline: Optional[Dict[str, Dict[str, float]]] = None       # the rules it was compared with
+
+
+def run_parameters(path: "str | Path", quick: bool = True,
+                   parameters: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The parameters a run of this notebook is keyed by: the defaults of its ``parameters`` cell, then
+    ``quick``, then ``parameters``, without the paths (:data:`regression.UNKEYED`)."""
+    from partlab.notebooks import regression
+
+    effective = dict(notebook_parameters(path))
+    effective["quick"] = bool(quick)
+    effective.update(parameters or {})
+    return regression.canonical(effective)
 
 
 def run_notebook(path: "str | Path", output_dir: "str | Path" = "outputs", *, quick: bool = True,
                  parameters: Optional[Mapping[str, Any]] = None, html: bool = False,
-                 baselines: Optional[Mapping[str, Mapping[str, float]]] = None) -> NotebookResult:
+                 baselines: Optional[Mapping[str, Sequence[Mapping[str, Any]]]] = None) -> NotebookResult:
     """Execute one notebook with papermill into ``output_dir`` and check its metrics.
 
     The notebook receives ``quick``, ``metrics_path`` (``output_dir/metrics/NAME.json``) and
     ``figures_dir`` (``output_dir/figures/NAME``) plus ``parameters``. Progress bars are silenced
-    (``PARTLAB_PROGRESS=0``) so papermill output stays readable.
+    (``PARTLAB_PROGRESS=0``) so papermill output stays readable. ``baselines`` (a loaded baselines file,
+    :func:`regression.load`): the metrics are compared with the entry of this run's parameters; with
+    none, the status is "no baseline". A failed notebook keeps its executed copy with the traceback.
     """
     import papermill as pm
+
+    from partlab.notebooks import regression
 
     path = Path(path)
     output_dir = Path(output_dir).resolve()
@@ -190,10 +223,11 @@ def run_notebook(path: "str | Path", output_dir: "str | Path" = "outputs", *, qu
     if unknown:
         raise ValueError(f"{name}: parameter(s) {unknown} are not declared in its parameters cell "
                          f"(it declares {sorted(declared)})")
+    keyed = run_parameters(path, quick, parameters)
     os.environ["PARTLAB_PROGRESS"] = "0"
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     start = time.perf_counter()
-    status, problems, metrics = "ok", [], {}
+    status, problems, metrics, rules = "ok", [], {}, None
     try:
         pm.execute_notebook(str(path), str(executed), parameters=params, kernel_name=KERNEL_NAME,
                             cwd=str(path.parent), progress_bar=False, log_output=False,
@@ -208,12 +242,20 @@ def run_notebook(path: "str | Path", output_dir: "str | Path" = "outputs", *, qu
             problems.append(f"it wrote no metrics to {metrics_path} (its last cell must call write_metrics)")
         else:
             metrics = json.loads(metrics_path.read_text())
-            if baselines is not None and name in baselines:
-                problems = compare(metrics, baselines[name])
-                status = "regressed" if problems else "ok"
+            if baselines is not None:
+                entries = baselines.get(name, [])
+                entry = regression.find(entries, keyed)
+                if entry is None:
+                    status = "no baseline"
+                    problems = [f"no baseline for these parameters ({regression.difference(entries, keyed)}); "
+                                f"store one with --update-baselines"]
+                else:
+                    rules = entry["metrics"]
+                    problems = compare(metrics, rules)
+                    status = "regressed" if problems else "ok"
     if html and executed.is_file():
         export_html(executed, output_dir / "html" / f"{name}.html")
-    return NotebookResult(name, status, seconds, metrics, problems, executed)
+    return NotebookResult(name, status, seconds, metrics, problems, executed, keyed, rules)
 
 
 def export_html(notebook: "str | Path", target: "str | Path") -> Path:
@@ -231,7 +273,7 @@ def export_html(notebook: "str | Path", target: "str | Path") -> Path:
 def _short(metrics: Mapping[str, Any], n: int = 4) -> str:
     if isinstance(metrics.get(HEADLINE), str):
         return metrics[HEADLINE]
-    flat = flatten(metrics)
+    flat = flatten({k: v for k, v in metrics.items() if k != HEADLINE_METRICS})
     keys = list(flat)[:n]
     parts = []
     for k in keys:
@@ -254,30 +296,128 @@ def summary_table(results: Sequence[NotebookResult]) -> str:
     return "\n".join(lines)
 
 
+def available_cores() -> int:
+    """The CPU cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:                                    # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def _limit_threads(threads: int) -> None:
+    """A worker's initializer: its notebook kernels (which inherit the environment) use ``threads``."""
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = str(threads)
+
+
+def expected_seconds(name: str, parameters: Mapping[str, Any], baselines: Mapping[str, Any],
+                     history: Sequence[Mapping[str, Any]]) -> float:
+    """How long a notebook is expected to take: its last run in the history, else its baseline entry's
+    ``seconds``, else infinity (unknown ones are started first)."""
+    from partlab.notebooks import regression
+
+    for record in reversed(list(history)):
+        if record.get("notebook") == name and record.get("status") != "failed":
+            return float(record.get("seconds", math.inf))
+    entry = regression.find(baselines.get(name, []), parameters)
+    return float(entry["seconds"]) if entry and "seconds" in entry else math.inf
+
+
 def run_curriculum(*, quick: bool = True, only: Optional[Iterable[str]] = None,
                    parameters: Optional[Mapping[str, Any]] = None, output_dir: "str | Path" = "outputs",
                    html: bool = False, check: bool = True, notebooks: "str | Path | None" = None,
-                   echo=print) -> List[NotebookResult]:
-    """Run the curriculum (or the notebooks in ``only``), print the summary, write ``output_dir/summary.json``."""
+                   jobs: Optional[int] = 1, update_baselines: bool = False,
+                   baselines_file: "str | Path | None" = None, echo=print) -> List[NotebookResult]:
+    """Run the curriculum (or the notebooks in ``only``), print the summary, write ``output_dir/summary.json``,
+    append to ``output_dir/history.jsonl`` and write the report ``output_dir/index.html``.
+
+    ``jobs``: notebooks run at once (``None``: one per core), longest first; each job's kernel gets
+    ``cores // jobs`` threads. ``update_baselines``: store each run's metrics as the baseline for its
+    parameters in ``baselines_file`` (default :func:`baselines_path`) and print what moved; a run that
+    breaks a floor or ceiling is not stored.
+    """
+    from partlab.notebooks import regression, report
+
     paths = select(list_notebooks(notebooks), only)
-    baselines = None
-    if check:
-        bpath = baselines_path(quick)
-        baselines = json.loads(bpath.read_text()) if bpath.is_file() else {}
-    results = []
-    for path in paths:
-        echo(f"running {path.name} ...", flush=True)
-        result = run_notebook(path, output_dir, quick=quick, parameters=parameters, html=html, baselines=baselines)
-        for problem in result.problems:
-            echo(f"  {result.name}: {problem}")
-        results.append(result)
+    bpath = Path(baselines_file) if baselines_file is not None else baselines_path(quick)
+    stored = regression.load(bpath) if (check or update_baselines) else {}
     out = Path(output_dir)
+    history_file = out / "history.jsonl"
+    history = regression.read_history(history_file)
+    jobs = available_cores() if jobs is None else max(1, int(jobs))
+    jobs = min(jobs, len(paths)) or 1
+    keyed = {p.stem: run_parameters(p, quick, parameters) for p in paths}
+    order = sorted(paths, key=lambda p: -expected_seconds(p.stem, keyed[p.stem], stored, history))
+    kwargs = dict(quick=quick, parameters=parameters, html=html, baselines=stored if check else None)
+    done: Dict[str, NotebookResult] = {}
+
+    def finished(result: NotebookResult) -> None:
+        done[result.name] = result
+        if jobs > 1:
+            echo(f"  {result.name}: {result.status} ({result.seconds:.0f} s)", flush=True)
+        for problem in result.problems:
+            echo(f"  {result.name}: {problem}", flush=True)
+
+    if jobs == 1:
+        for path in paths:
+            echo(f"running {path.name} ...", flush=True)
+            finished(run_notebook(path, out, **kwargs))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, available_cores() // jobs)
+        echo(f"running {len(paths)} notebooks, {jobs} at a time ({threads} thread{'s' * (threads > 1)} each), "
+             f"longest first ...", flush=True)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_limit_threads, initargs=(threads,)) as pool:
+            futures = [pool.submit(run_notebook, path, out, **kwargs) for path in order]
+            for future in as_completed(futures):
+                finished(future.result())
+    results = [done[p.stem] for p in paths]
+
+    if update_baselines:
+        changed = False
+        for r in results:
+            if r.status == "failed":
+                echo(f"{r.name}: failed, its baseline is left as it was")
+                continue
+            entries = [dict(e) for e in stored.get(r.name, [])]
+            entry, changes = regression.update_entry(entries, r.parameters, flatten(r.metrics), r.seconds)
+            breaks = [p for p in compare(r.metrics, entry["metrics"])]
+            if breaks:
+                r.status, r.problems = "regressed", breaks + ["not stored as a baseline: it breaks a floor or ceiling"]
+                echo(f"{r.name}: not stored as a baseline: " + "; ".join(breaks))
+                continue
+            stored[r.name], changed = entries, True
+            r.status, r.problems, r.baseline = "updated", [], entry["metrics"]
+            label = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted((parameters or {}).items())) or "defaults"
+            echo(f"{r.name} [{label}]: " + ("; ".join(changes) if changes else "baseline unchanged"))
+        if changed:
+            regression.save(stored, bpath)
+            echo(f"baselines written to {bpath}")
+
+    out.mkdir(parents=True, exist_ok=True)
     summary = [{"notebook": r.name, "status": r.status, "seconds": round(r.seconds, 2), "metrics": r.metrics,
-                "problems": r.problems} for r in results]
+                "problems": r.problems, "parameters": r.parameters} for r in results]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    run_id = time.strftime("%Y%m%dT%H%M%S")
+    commit_id = regression.commit(repo_root())
+    new = [regression.history_record(r, run_id, commit_id) for r in results]
+    regression.append_history(history_file, new)
+    index = report.write_index(results, out, history=history + new,
+                               info={"commit": commit_id, "mode": "quick" if quick else "full",
+                                     "parameters": dict(parameters or {}) or "defaults", "jobs": jobs,
+                                     "baselines": bpath if check else "not checked"})
     echo("")
     echo(summary_table(results))
-    echo(f"\nexecuted notebooks, figures and metrics are in {out.resolve()}"
+    missing = [r.name for r in results if r.status == "no baseline"]
+    if missing:
+        echo(f"\nno baseline for these parameters: {', '.join(missing)} (store one with --update-baselines)")
+    echo(f"\nreport: {index}\nexecuted notebooks, figures and metrics are in {out.resolve()}"
          + (f" (HTML in {out.resolve() / 'html'})" if html else ""))
     return results
 

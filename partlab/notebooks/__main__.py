@@ -1,4 +1,4 @@
-"""``python -m partlab.notebooks run [--quick] [--only NAME] [-p KEY VALUE] [--html]``."""
+"""``python -m partlab.notebooks run [--quick] [--only NAME] [-p KEY VALUE] [--html] [--jobs N] [--update-baselines]``."""
 
 from __future__ import annotations
 
@@ -31,6 +31,13 @@ def build_parser(prog: str = "python -m partlab.notebooks") -> argparse.Argument
     run.add_argument("--notebooks", default=None, help="folder of notebooks (default: the checkout's notebooks/)")
     run.add_argument("--html", action="store_true", help="also export each executed notebook to HTML")
     run.add_argument("--no-check", dest="check", action="store_false", help="do not compare with baselines")
+    run.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                     help="notebooks run at once, longest first, each kernel on cores/N threads "
+                          "(default: the number of cores)")
+    run.add_argument("--update-baselines", action="store_true",
+                     help="store this run's metrics as the baseline for its parameters and print what moved")
+    run.add_argument("--baselines", default=None, metavar="FILE",
+                     help="the baselines file (default: tests/baselines/quick.json, or full.json with --full)")
     sub.add_parser("list", help="list the curriculum")
     return parser
 
@@ -47,11 +54,12 @@ def main(argv: Optional[List[str]] = None, prog: str = "python -m partlab.notebo
     try:
         results = nbs.run_curriculum(quick=args.quick, only=args.only, parameters=parameters,
                                      output_dir=args.output_dir, html=args.html, check=args.check,
-                                     notebooks=args.notebooks)
+                                     notebooks=args.notebooks, jobs=args.jobs,
+                                     update_baselines=args.update_baselines, baselines_file=args.baselines)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    bad = [r for r in results if r.status != "ok"]
+    bad = [r for r in results if r.status not in ("ok", "updated", "no baseline")]
     if bad:
         print(f"\n{len(bad)} notebook(s) did not pass: " + ", ".join(f"{r.name} ({r.status})" for r in bad),
               file=sys.stderr)
