@@ -203,3 +203,16 @@ def test_parallel_run_writes_the_report(tmp_path, capsys):
         assert f'href="html/{name}.html"' in page
     assert 'src="figures/00_tiny/line.png"' in page and "RuntimeError: boom" in page
     assert 'src="report/trend_00_tiny.png"' in page and (out / "report" / "trend_00_tiny.png").is_file()
+
+
+@pytest.mark.notebook
+def test_a_kernel_that_dies_fails_its_notebook_only(tmp_path):
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    _notebook(folder / "00_dead.ipynb", "import os\nos._exit(1)", PARAMS)
+    _notebook(folder / "01_tiny.ipynb", TINY, PARAMS)
+    dead, tiny = nbs.run_curriculum(notebooks=folder, output_dir=tmp_path / "out", check=False, echo=lambda *a, **k: None)
+    assert dead.status == "failed" and "DeadKernelError" in dead.problems[0]
+    assert tiny.status == "ok"
+    with pytest.raises(ValueError, match=r"\['nope'\] are not declared"):            # checked before any run
+        nbs.run_curriculum(notebooks=folder, output_dir=tmp_path / "out", parameters={"nope": 1}, jobs=2)

@@ -192,6 +192,15 @@ def run_parameters(path: "str | Path", quick: bool = True,
     return regression.canonical(effective)
 
 
+def check_parameters(path: "str | Path", parameters: Optional[Mapping[str, Any]]) -> None:
+    """``ValueError`` naming the parameters that the notebook's ``parameters`` cell does not declare."""
+    declared = notebook_parameters(path)
+    unknown = sorted(set(parameters or {}) - set(declared))
+    if unknown:
+        raise ValueError(f"{Path(path).stem}: parameter(s) {unknown} are not declared in its parameters cell "
+                         f"(it declares {sorted(declared)})")
+
+
 def run_notebook(path: "str | Path", output_dir: "str | Path" = "outputs", *, quick: bool = True,
                  parameters: Optional[Mapping[str, Any]] = None, html: bool = False,
                  baselines: Optional[Mapping[str, Sequence[Mapping[str, Any]]]] = None) -> NotebookResult:
@@ -218,11 +227,7 @@ def run_notebook(path: "str | Path", output_dir: "str | Path" = "outputs", *, qu
         metrics_path.unlink()
     params = {"quick": quick, "metrics_path": str(metrics_path), "figures_dir": str(figures_dir)}
     params.update(parameters or {})
-    declared = notebook_parameters(path)
-    unknown = sorted(set(parameters or {}) - set(declared))
-    if unknown:
-        raise ValueError(f"{name}: parameter(s) {unknown} are not declared in its parameters cell "
-                         f"(it declares {sorted(declared)})")
+    check_parameters(path, parameters)
     keyed = run_parameters(path, quick, parameters)
     os.environ["PARTLAB_PROGRESS"] = "0"
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
@@ -235,6 +240,9 @@ def run_notebook(path: "str | Path", output_dir: "str | Path" = "outputs", *, qu
     except pm.PapermillExecutionError as exc:
         status = "failed"
         problems.append(f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}")
+    except Exception as exc:                          # the kernel died (memory), a cell timed out, ...
+        status = "failed"
+        problems.append(f"{type(exc).__name__}: {exc}".strip())
     seconds = time.perf_counter() - start
     if status == "ok":
         if not metrics_path.is_file():
@@ -349,6 +357,8 @@ def run_curriculum(*, quick: bool = True, only: Optional[Iterable[str]] = None,
     history = regression.read_history(history_file)
     jobs = available_cores() if jobs is None else max(1, int(jobs))
     jobs = min(jobs, len(paths)) or 1
+    for path in paths:
+        check_parameters(path, parameters)
     keyed = {p.stem: run_parameters(p, quick, parameters) for p in paths}
     order = sorted(paths, key=lambda p: -expected_seconds(p.stem, keyed[p.stem], stored, history))
     kwargs = dict(quick=quick, parameters=parameters, html=html, baselines=stored if check else None)
@@ -374,9 +384,14 @@ def run_curriculum(*, quick: bool = True, only: Optional[Iterable[str]] = None,
              f"longest first ...", flush=True)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_limit_threads, initargs=(threads,)) as pool:
-            futures = [pool.submit(run_notebook, path, out, **kwargs) for path in order]
+            futures = {pool.submit(run_notebook, path, out, **kwargs): path for path in order}
             for future in as_completed(futures):
-                finished(future.result())
+                try:
+                    finished(future.result())
+                except Exception as exc:                  # its worker process died: report, keep the others
+                    path = futures[future]
+                    finished(NotebookResult(path.stem, "failed", 0.0, problems=[f"{type(exc).__name__}: {exc}"],
+                                            output=out.resolve() / path.name, parameters=keyed[path.stem]))
     results = [done[p.stem] for p in paths]
 
     if update_baselines:
