@@ -381,37 +381,45 @@ class Benchmark:
     in that order), ``predictions`` (the test predictions of each row), and which rows are the methods
     (``methods``; the first is the headline), the ``baselines`` and the ``oracle`` (its row name or None)."""
 
-    def __init__(self, results, predictions, methods, baselines, oracle=None):
+    def __init__(self, results, predictions, methods, baselines, oracle=None, *,
+                 metrics: Sequence[str] = HEADLINE_METRICS, figure_metrics: Sequence[str] = FIGURE_METRICS,
+                 columns: Sequence[str] = BENCHMARK_METRICS):
         self.results: Dict[str, Dict[str, float]] = dict(results)
         self.predictions: Dict[str, Dict[str, torch.Tensor]] = dict(predictions)
         self.methods, self.baselines, self.oracle = list(methods), list(baselines), oracle
+        # what the headline, the margins and the verdict compare, what the figure and the table show
+        self.metrics, self.figure_metrics, self.columns = tuple(metrics), tuple(figure_metrics), tuple(columns)
 
     @property
     def method(self) -> str:
         """The headline row: the first model given to :func:`benchmark`."""
         return self.methods[0]
 
-    def table(self, columns: Sequence[str] = BENCHMARK_METRICS) -> str:
-        return format_table(self.results, columns)
+    def table(self, columns: Optional[Sequence[str]] = None) -> str:
+        return format_table(self.results, self.columns if columns is None else columns)
 
-    def margins(self, method: Optional[str] = None, metrics: Sequence[str] = HEADLINE_METRICS) -> Dict[str, float]:
+    def margins(self, method: Optional[str] = None, metrics: Optional[Sequence[str]] = None) -> Dict[str, float]:
         """:func:`margins` of ``method`` (default: the headline) over every baseline: > 0 where it is better."""
+        metrics = self.metrics if metrics is None else metrics
         return margins(self.results, method or self.method, self.baselines, metrics)
 
-    def wins(self, method: Optional[str] = None, metrics: Sequence[str] = HEADLINE_METRICS) -> Dict[str, list]:
+    def wins(self, method: Optional[str] = None, metrics: Optional[Sequence[str]] = None) -> Dict[str, list]:
         """``{baseline: [metrics on which method beats it]}``."""
+        metrics = self.metrics if metrics is None else metrics
         margin = self.margins(method, metrics)
         return {b: [m for m in metrics if margin[f"{b}.{m}"] > 0] for b in self.baselines}
 
-    def verdict(self, method: Optional[str] = None, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
+    def verdict(self, method: Optional[str] = None, metrics: Optional[Sequence[str]] = None) -> str:
         """One line per baseline: ``"scops vs kmeans (rbd): better on ['landmark_error'] of fg_ari, landmark_error"``."""
+        metrics = self.metrics if metrics is None else metrics
         name = method or self.method
         return "\n".join(f"{name} vs {b}: better on {won or 'neither'} of {', '.join(metrics)}"
                          for b, won in self.wins(name, metrics).items())
 
-    def summary(self, method: Optional[str] = None, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
+    def summary(self, method: Optional[str] = None, metrics: Optional[Sequence[str]] = None) -> str:
         """The headline in numbers: the method's value of each metric next to the best baseline's and the
         oracle's, with the gap to the oracle (how far self-supervision is from the upper bound)."""
+        metrics = self.metrics if metrics is None else metrics
         name = method or self.method
         lines = []
         for metric in metrics:
@@ -426,11 +434,12 @@ class Benchmark:
             lines.append(", ".join(parts))
         return "\n".join(lines)
 
-    def headline(self, method: Optional[str] = None, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
+    def headline(self, method: Optional[str] = None, metrics: Optional[Sequence[str]] = None) -> str:
         """One line for the curriculum's summary table: each metric of ``method`` (default: the headline)
         against the best baseline and the oracle, e.g. ``"scops: fg_ari 0.240 (per image 0.270) vs 0.198 kmeans
         (rbd), oracle 0.428; landmark_error↓ 0.195 vs 0.214 dff (rbd), oracle 0.099"`` (FG-ARI pooled over
         the test images, the method's per-image FG-ARI in brackets)."""
+        metrics = self.metrics if metrics is None else metrics
         name = method or self.method
         parts = []
         for metric in metrics:
@@ -445,9 +454,10 @@ class Benchmark:
             parts.append(text)
         return f"{name}: " + "; ".join(parts)
 
-    def headline_metrics(self, method: Optional[str] = None, metrics: Sequence[str] = HEADLINE_METRICS) -> List[str]:
+    def headline_metrics(self, method: Optional[str] = None, metrics: Optional[Sequence[str]] = None) -> List[str]:
         """The keys of :meth:`flat` that :meth:`headline` shows: each metric of ``method``, of its best
         baseline and of the oracle (for :func:`partlab.notebooks.write_metrics`, whose report plots them)."""
+        metrics = self.metrics if metrics is None else metrics
         name = method or self.method
         keys = []
         for metric in metrics:
@@ -656,3 +666,66 @@ def semantic_linear_probe(models: Mapping[str, object], train: Mapping[str, torc
                                         device=device)
         results[name] = {"miou": out["miou"], "acc": out["acc"]}
     return results
+
+
+SEMANTIC_METRICS = ("miou", "probe_miou")          # a scene benchmark's headline: K-means mIoU and the probe
+
+
+def scene_splits(size: int = 64, n_train: int = 200, n_test: int = 200, seed: int = 0, config=None,
+                 objects=(1, 3), test_split: str = "test"):
+    """The synthetic scenes' benchmark splits, stacked (``image``, ``semantic``, ``instances``, ``saliency``,
+    ...): ``train`` (the first ``n_train`` training scenes of ``seed``: the linear probe and the oracle learn
+    on them) and ``test`` (every score; ``test_split="val"`` where settings are chosen)."""
+    from partlab.data import SyntheticScenes, stack_dataset
+
+    common = dict(size=size, seed=seed, config=config, objects=objects)
+    train = stack_dataset(SyntheticScenes(length=n_train, split="train", **common))
+    test = stack_dataset(SyntheticScenes(length=n_test, split=test_split, **common))
+    return train, test
+
+
+def scene_benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor],
+                    num_classes: int, *, clusters: Sequence[int] = (), probe: bool = True,
+                    baselines: Sequence[str] = SEMANTIC_BASELINES, objects: str = "instances",
+                    oracle_steps: Optional[int] = None, probe_steps: int = 300, extractor=None, seed: int = 0,
+                    device="cpu") -> Benchmark:
+    """The semantic methods' benchmark (MaskContrast) as one :class:`Benchmark`, the counterpart of
+    :func:`benchmark` for part methods: one row per model and per baseline input (``"rgb"``: raw colours,
+    ``"features"``: the frozen extractor), and with ``oracle_steps`` a supervised upper bound.
+
+    Columns: ``miou`` (K-means with K = ``num_classes`` on one mean vector per object, Hungarian mIoU,
+    :func:`semantic_benchmark`), ``miou@C`` for each C in ``clusters`` (overclustering, majority vote),
+    ``probe_miou`` (a linear probe on the frozen features, trained on ``train``'s labels:
+    :func:`semantic_linear_probe`). The oracle is a network of the quick size trained from scratch on every
+    label of ``train`` for ``oracle_steps`` (:func:`partlab.finetune.finetune_miou`); its plain test mIoU
+    fills each column. The headline metrics are :data:`SEMANTIC_METRICS`."""
+    models = dict(models) if isinstance(models, Mapping) else {"maskcontrast": models}
+    if not models:
+        raise ValueError("scene_benchmark needs at least one model")
+    if baselines and "features" in baselines and extractor is None:
+        from partlab.features import get_extractor
+
+        extractor = get_extractor("auto", device=device)
+    kmeans = semantic_benchmark(models, test, num_classes, clusters=clusters, objects=objects, baselines=baselines,
+                                extractor=extractor, seed=seed)
+    rename = {f"kmeans ({name})": name for name in baselines}
+    results = {rename.get(name, name): row for name, row in kmeans.items()}
+    if probe:
+        probed = semantic_linear_probe(models, train, test, num_classes, baselines=baselines, extractor=extractor,
+                                       steps=probe_steps, seed=seed, device=device)
+        for name, row in probed.items():
+            key = name[len("probe ("):-1] if name.startswith("probe (") else name
+            results[key]["probe_miou"] = row["miou"]
+    oracle = None
+    if oracle_steps:
+        from partlab.finetune import finetune_miou
+
+        supervised = finetune_miou(None, train, test, num_classes, fraction=1.0, steps=int(oracle_steps), seed=seed,
+                                   device=device)["miou"]
+        oracle = "oracle"
+        results[oracle] = {key: supervised for key in next(iter(results.values()))}
+    columns = tuple(next(iter(results.values())))
+    headline = tuple(m for m in SEMANTIC_METRICS if m in columns)
+    figure = ("miou",) + tuple(f"miou@{c}" for c in clusters) + (("probe_miou",) if probe else ())
+    return Benchmark(results, {}, list(models), list(baselines), oracle, metrics=headline, figure_metrics=figure,
+                     columns=columns)

@@ -520,12 +520,12 @@ def benchmark_figure(bench, metrics: Optional[Sequence[str]] = None, *, title: s
     oracle), arrows saying which way is better, and the headline method's bars outlined.
 
     ``bench``: a :class:`partlab.evaluation.Benchmark` or its ``results`` mapping; ``metrics`` default to
-    :data:`partlab.evaluation.FIGURE_METRICS`.
+    the benchmark's ``figure_metrics`` (:data:`partlab.evaluation.FIGURE_METRICS` for part benchmarks).
     """
     from partlab.evaluation import FIGURE_METRICS, HIGHER_IS_BETTER
 
     results = getattr(bench, "results", bench)
-    metrics = list(FIGURE_METRICS if metrics is None else metrics)
+    metrics = list(getattr(bench, "figure_metrics", FIGURE_METRICS) if metrics is None else metrics)
     fig = bar_chart(results, metrics, higher_is_better=HIGHER_IS_BETTER, title=title, ax=ax)
     headline = getattr(bench, "method", None)
     if headline is not None:

@@ -35,6 +35,12 @@ class Session:
     test: dict
     device: str
     quick: bool
+    data: str = "images"          # the method's data kind: "images" (part benchmark) or "scenes" (semantic)
+
+    @property
+    def scenes(self) -> bool:
+        """A semantic method (MaskContrast): scenes of several categories, scored by :func:`scene_benchmark`."""
+        return self.data == "scenes"
 
     @property
     def category(self) -> str:
@@ -82,10 +88,15 @@ class Session:
     def benchmark(self, models=None, **kwargs: Any):
         """:func:`partlab.evaluation.benchmark` on this session's split, category, K, features, seed and
         device; ``models`` defaults to ``{method: model}``. ``oracle_steps=`` adds the supervised oracle
-        (trained on as many images as the method)."""
-        from partlab.evaluation import benchmark
+        (trained on as many images as the method). A scenes method (MaskContrast) is scored with
+        :func:`partlab.evaluation.scene_benchmark` instead (K-means mIoU with K = its classes, ``clusters=``
+        for overclustering, the linear probe; ``oracle_steps=`` a supervised network)."""
+        from partlab.evaluation import benchmark, scene_benchmark
 
         models = {self.method: self.model} if models is None else models
+        if self.scenes:
+            settings = dict(seed=self.seed, device=self.device)
+            return scene_benchmark(models, self.train_eval, self.test, self.num_parts, **dict(settings, **kwargs))
         settings = dict(category=self.category, num_parts=self.num_parts, features=self.recipe.data.features,
                         n_train=self.n_train, size=self.size, seed=self.seed, device=self.device)
         return benchmark(models, self.train_eval, self.test, **dict(settings, **kwargs))
@@ -100,7 +111,7 @@ class Session:
         utils.seed_everything(self.seed)
         model, train_set, info = recipe.build(device=self.device)
         session = Session(self.method, recipe, model, train_set, info, self.train_eval, self.test,
-                          info["fit"]["device"], self.quick)
+                          info["fit"]["device"], self.quick, self.data)
         if echo:
             print(session.describe())
         return session
@@ -137,8 +148,10 @@ class Session:
 
     def describe(self) -> str:
         d = self.recipe.data
+        what = (f"scenes of {self.num_parts} categories ({d.scene_objects[0]}-{d.scene_objects[1]} objects each)"
+                if self.scenes else f"category={d.category}")
         lines = [f"device: {self.info['device']}",
-                 f"data: partlab synthetic world ({d.world}), category={d.category}, {d.size}px, {d.n_train} training images, "
+                 f"data: partlab synthetic world ({d.world}), {what}, {d.size}px, {d.n_train} training images, "
                  f"seed={self.seed}; benchmark split {len(self.train_eval['image'])} + {len(self.test['image'])} images",
                  self.recipe.describe()]
         for key in ("features", "saliency", "foreground"):
@@ -154,7 +167,8 @@ def setup(method: str, *, quick: bool = True, device: str = "auto", dataset: str
     """A training notebook's first cell, in one call.
 
     Args:
-        method: a registry name (``"scops"``, ``"contrastive"``, ``"oracle"``).
+        method: a registry name (``"scops"``, ``"contrastive"``, ``"oracle"``, ``"maskcontrast"``: scenes of
+            the four categories, the benchmark split :func:`partlab.evaluation.scene_splits`).
         quick: the method's quick recipe (CPU, minutes); ``False``: the same recipe on 2048 images for
             4000 steps, scored on 500 + 500 (:data:`FULL_SIZES`). The paper recipe is for
             ``partlab train METHOD --recipe paper`` on a GPU.
@@ -167,7 +181,7 @@ def setup(method: str, *, quick: bool = True, device: str = "auto", dataset: str
         echo: print what is used (:meth:`Session.describe`).
     """
     from partlab import utils
-    from partlab.evaluation import benchmark_splits
+    from partlab.evaluation import benchmark_splits, scene_splits
     from partlab.methods.registry import get_method
 
     if dataset != "synthetic":
@@ -186,9 +200,14 @@ def setup(method: str, *, quick: bool = True, device: str = "auto", dataset: str
     recipe = entry.recipe("quick").override({**changes, **dict(settings or {})})
     utils.seed_everything(int(seed))
     model, train_set, info = recipe.build(device=device)
-    train_eval, test = benchmark_splits(recipe.data.category, size=recipe.data.size, n_train=sizes["n_eval"],
-                                        n_test=sizes["n_eval"], seed=int(seed), config=recipe.data.world)
-    session = Session(entry.name, recipe, model, train_set, info, train_eval, test, info["fit"]["device"], quick)
+    if entry.data == "scenes":
+        train_eval, test = scene_splits(size=recipe.data.size, n_train=sizes["n_eval"], n_test=sizes["n_eval"],
+                                        seed=int(seed), config=recipe.data.world, objects=recipe.data.scene_objects)
+    else:
+        train_eval, test = benchmark_splits(recipe.data.category, size=recipe.data.size, n_train=sizes["n_eval"],
+                                            n_test=sizes["n_eval"], seed=int(seed), config=recipe.data.world)
+    session = Session(entry.name, recipe, model, train_set, info, train_eval, test, info["fit"]["device"], quick,
+                      entry.data)
     if echo:
         print(session.describe())
     return session
