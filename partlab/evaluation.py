@@ -687,18 +687,17 @@ def scene_splits(size: int = 64, n_train: int = 200, n_test: int = 200, seed: in
 def scene_benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor],
                     num_classes: int, *, clusters: Sequence[int] = (), probe: bool = True,
                     baselines: Sequence[str] = SEMANTIC_BASELINES, objects: str = "instances",
-                    oracle_steps: Optional[int] = None, probe_steps: int = 300, extractor=None, seed: int = 0,
-                    device="cpu") -> Benchmark:
+                    probe_steps: int = 300, extractor=None, seed: int = 0, device="cpu") -> Benchmark:
     """The semantic methods' benchmark (MaskContrast) as one :class:`Benchmark`, the counterpart of
     :func:`benchmark` for part methods: one row per model and per baseline input (``"rgb"``: raw colours,
-    ``"features"``: the frozen extractor), and with ``oracle_steps`` a supervised upper bound.
+    ``"features"``: the frozen extractor).
 
     Columns: ``miou`` (K-means with K = ``num_classes`` on one mean vector per object, Hungarian mIoU,
     :func:`semantic_benchmark`), ``miou@C`` for each C in ``clusters`` (overclustering, majority vote),
     ``probe_miou`` (a linear probe on the frozen features, trained on ``train``'s labels:
-    :func:`semantic_linear_probe`). The oracle is a network of the quick size trained from scratch on every
-    label of ``train`` for ``oracle_steps`` (:func:`partlab.finetune.finetune_miou`); its plain test mIoU
-    fills each column. The headline metrics are :data:`SEMANTIC_METRICS`."""
+    :func:`semantic_linear_probe`). The headline metrics are :data:`SEMANTIC_METRICS`. There is no oracle row:
+    the K-means columns judge given objects, so a supervised segmenter's plain mIoU would not compare; the
+    supervised reference is fine-tuning on every label (:func:`partlab.finetune.finetune_table`)."""
     models = dict(models) if isinstance(models, Mapping) else {"maskcontrast": models}
     if not models:
         raise ValueError("scene_benchmark needs at least one model")
@@ -716,16 +715,8 @@ def scene_benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str
         for name, row in probed.items():
             key = name[len("probe ("):-1] if name.startswith("probe (") else name
             results[key]["probe_miou"] = row["miou"]
-    oracle = None
-    if oracle_steps:
-        from partlab.finetune import finetune_miou
-
-        supervised = finetune_miou(None, train, test, num_classes, fraction=1.0, steps=int(oracle_steps), seed=seed,
-                                   device=device)["miou"]
-        oracle = "oracle"
-        results[oracle] = {key: supervised for key in next(iter(results.values()))}
     columns = tuple(next(iter(results.values())))
     headline = tuple(m for m in SEMANTIC_METRICS if m in columns)
     figure = ("miou",) + tuple(f"miou@{c}" for c in clusters) + (("probe_miou",) if probe else ())
-    return Benchmark(results, {}, list(models), list(baselines), oracle, metrics=headline, figure_metrics=figure,
+    return Benchmark(results, {}, list(models), list(baselines), None, metrics=headline, figure_metrics=figure,
                      columns=columns)

@@ -240,7 +240,9 @@ class Recipe:
         d = self.data
         features = getattr(entry.cls, "feature_role", "")
         lines = [f"recipe {self.method}/{self.name}: {entry.cls.__name__} trained on {entry.data}",
-                 f"  data: {d.dataset} {d.category}" + (f" ({d.world} world)" if d.world != "default" else "") + f", {d.size} px, {d.n_train} images"
+                 f"  data: {d.dataset} " + (f"scenes of every category, {d.scene_objects[0]}-{d.scene_objects[1]} objects each"
+                                             if entry.data == "scenes" else d.category)
+                 + (f" ({d.world} world)" if d.world != "default" else "") + f", {d.size} px, {d.n_train} images"
                  + (f"; features {d.features} ({'computed once, in memory' if d.cache else 'on the fly'})"
                     if features else ""),
                  f"  model: {_short(self.model)}"]

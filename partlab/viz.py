@@ -54,6 +54,17 @@ def colorize(labels) -> np.ndarray:
     return PALETTE[labels]
 
 
+def label_images(labels) -> "torch.Tensor":
+    """Label maps ``(N, H, W)`` -> colour images ``(N, 3, H, W)`` float32 in [0, 1] (:func:`colorize` of each),
+    e.g. a row of :func:`image_rows`."""
+    import torch
+
+    labels = _numpy(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"expected label maps of shape (N, H, W), got shape {labels.shape}")
+    return torch.from_numpy(np.stack([colorize(l) for l in labels]).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+
+
 def overlay(image, labels, alpha: float = 0.5) -> np.ndarray:
     """Blend part colours over an image: background pixels keep the image, part pixels mix ``alpha`` colour."""
     image = to_hwc(image)

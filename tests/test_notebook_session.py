@@ -104,22 +104,22 @@ def test_benchmark_with_masks_per_model_and_without_baselines():
 
 
 def test_a_scenes_session_scores_with_the_semantic_benchmark(capsys):
-    """MaskContrast's session: scene splits, K-means mIoU (with overclustering), the probe and an oracle in one
-    Benchmark whose headline, margins and figure use the semantic metrics."""
+    """MaskContrast's session: scene splits, K-means mIoU (with overclustering) and the probe in one Benchmark
+    whose headline, margins and figure use the semantic metrics."""
     s = _session("maskcontrast", settings={"model.queue_size": 8})
     assert "scenes of 4 categories (1-3 objects each)" in capsys.readouterr().out
     assert s.scenes and set(s.test) >= {"semantic", "instances", "saliency"} and s.num_parts == 4
     s.fit()
     s.model.on_fit_end(s.train_set)
-    bench = s.benchmark(clusters=(8,), probe_steps=3, oracle_steps=2)
-    assert list(bench.results) == ["maskcontrast", "rgb", "features", "oracle"]
-    assert bench.baselines == ["rgb", "features"] and bench.oracle == "oracle"
+    bench = s.benchmark(clusters=(8,), probe_steps=3)
+    assert list(bench.results) == ["maskcontrast", "rgb", "features"]
+    assert bench.baselines == ["rgb", "features"] and bench.oracle is None
     assert bench.metrics == ("miou", "probe_miou") and bench.figure_metrics == ("miou", "miou@8", "probe_miou")
     assert all(0 <= row[m] <= 1 for row in bench.results.values() for m in bench.figure_metrics)
     line = bench.headline()
-    assert line.startswith("maskcontrast: miou ") and "probe_miou" in line and "oracle" in line
+    assert line.startswith("maskcontrast: miou ") and "probe_miou" in line and "oracle" not in line
     assert bench.headline_metrics()[:2] == ["maskcontrast.miou", bench.headline_metrics()[1]]
     assert set(bench.margins()) == {f"{b}.{m}" for b in ("rgb", "features") for m in ("miou", "probe_miou")}
     assert "miou@8" in bench.table()
     fig = viz.benchmark_figure(bench)
-    assert len(fig.axes[0].containers) == 4 and len(fig.axes[0].containers[0]) == 3
+    assert len(fig.axes[0].containers) == 3 and len(fig.axes[0].containers[0]) == 3

@@ -14,6 +14,15 @@ def test_palette_fixed_background_and_distinct():
     np.testing.assert_array_equal(colours[1, 0], viz.PALETTE[2])
 
 
+def test_label_images_colour_each_map():
+    labels = torch.tensor([[[0, 1], [2, 0]], [[3, 3], [0, 1]]])
+    out = viz.label_images(labels)
+    assert out.shape == (2, 3, 2, 2) and out.dtype == torch.float32
+    np.testing.assert_allclose(out[1, :, 0, 0].numpy(), viz.PALETTE[3], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        viz.label_images(labels[0])
+
+
 def test_overlay_keeps_background_and_mixes_parts():
     image = torch.full((3, 4, 4), 0.5)
     labels = torch.zeros(4, 4, dtype=torch.long)
