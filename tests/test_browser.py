@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]   # one J
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "06_scops_ablation.ipynb"
+CLEAN = REPO / "notebooks" / "00_tour.ipynb"
 EVIDENCE = REPO / "outputs" / "browser"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -75,6 +76,12 @@ return {
   sliders: explorer ? q('.widget-slider', explorer).map(e => e.innerText.split('\\n')[0]) : [],
   checked: explorer ? q('input[type=checkbox]', explorer).map(e => e.checked) : [],
   button: explorer ? q('button.partlab-train-button', explorer).map(e => e.innerText).join('') : '',
+  busy: explorer ? q('button.partlab-train-button', explorer).some(e => e.disabled) : false,
+  status: explorer ? q('.partlab-explorer-status', explorer).map(e => e.innerText).join('') : '',
+  curve: explorer ? q('.partlab-live-curve', explorer).some(e => e.offsetWidth > 0) : false,
+  cut_labels: explorer ? q('.widget-label', explorer).filter(e => e.scrollWidth > e.clientWidth + 1)
+                           .map(e => e.innerText) : [],
+  history_rows: explorer ? q('.partlab-explorer-history tr', explorer).length - 1 : -1,
   output: output ? output.innerText : '',
   images: output ? q('img', output).length : 0,
 };
@@ -97,6 +104,11 @@ def _prepare(folder: Path) -> None:
     control = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(MISSING_MODEL)])
     control.metadata["kernelspec"] = nb.metadata["kernelspec"]
     nbformat.write(control, str(folder / "missing_model.ipynb"))
+    shutil.copy(CLEAN, folder / CLEAN.name)                      # a committed notebook exactly as it is
+    from partlab import notebooks as nbs                          # the runner's executed copy, widget state saved
+
+    result = nbs.run_notebook(NOTEBOOK, folder / "executed", parameters=PARAMETERS)
+    assert result.status == "ok", result.problems
 
 
 def _free_port() -> int:
@@ -284,21 +296,28 @@ def test_weight_explorer_renders_and_retrains_on_click(lab, browser):
         sliders, ticked = state["sliders"], state["checked"]
         assert len(sliders) == len(ticked) >= 1 and all(s.startswith("lambda_") for s in sliders), (sliders, ticked)
         assert state["button"].startswith("train"), f"train button missing (found {state['button']!r})"
+        assert not state["cut_labels"], f"slider labels cut short: {state['cut_labels']}"
+        assert state["history_rows"] == 1, f"history rows after the first run: {state['history_rows']}"
         before, first = _weights_line(state), ticked.index(True)
         term = sliders[first].removeprefix("lambda_")
 
         explorer = browser.find_element("css selector", ".partlab-weight-explorer")
         explorer.find_elements("css selector", "input[type=checkbox]")[first].click()   # switch a term off ...
         explorer.find_element("css selector", "button.partlab-train-button").click()   # ... and re-train
+        feedback = _wait(browser, 2, "visible feedback in the explorer after the click", lambda d: _if(
+            _state(d, name), lambda s: s["busy"] and ("training" in s["button"] or "starting" in s["button"])))
+        print(f"after the click: button {feedback['button']!r}, status {feedback['status']!r}")
 
         def retrained(driver):
             state = _state(driver, name)
             line = _weights_line(state)
-            return state if line and line != before and state["images"] and _idle(state) else None
+            return state if line and line != before and state["images"] and _idle(state) and not state["busy"] else None
 
         state = _wait(browser, 90, f"a re-trained result after unticking {term} and clicking train", retrained)
         assert re.search(rf"'(lambda_)?{term}': 0\.0\b", _weights_line(state)), _weights_line(state)
         assert not widget_errors(state), f"widgets failed after the click: {widget_errors(state)}"
+        assert state["curve"], "no live loss curve in the explorer"
+        assert state["history_rows"] == 2 and not state["busy"], (state["history_rows"], state["busy"])
         print(f"browser check: {time.monotonic() - start:.0f} s; {before} -> {_weights_line(state)}")
 
 
@@ -309,3 +328,37 @@ def test_detector_sees_a_widget_that_does_not_render(lab, browser):
         state = _wait(browser, 20, "the missing model to be reported", lambda d: _if(
             _state(d, "missing_model.ipynb"), lambda s: widget_errors(s, settled=False)))
         assert any("model not found" in text for text in widget_errors(state)), widget_errors(state)
+
+
+def test_a_committed_notebook_opens_unmodified(lab, browser):
+    """Opening a notebook and starting its kernel must not mark it modified (JupyterLab rewrites a kernelspec
+    or language_info that differs from its own, and the notebook then asks to be saved)."""
+    with evidence(browser, lab, "opens_clean"):
+        _, dirty, metadata = _open_clean(browser, lab, CLEAN.name, "clean")
+        committed = json.loads(CLEAN.read_text())["metadata"]
+        assert not dirty, f"{CLEAN.name} is marked modified after opening: metadata {metadata} (committed: {committed})"
+
+
+def _open_clean(driver, lab, name: str, workspace: str) -> tuple:
+    """Open ``name`` without running it; after its kernel is idle and JupyterLab had 3 s to touch the
+    metadata: ``(state, dirty, metadata as JupyterLab holds it)``."""
+    driver.get(f"{lab.url}/lab/workspaces/{workspace}/tree/{name}?token={lab.token}")
+    _wait(driver, 60, f"{name} open with an idle {KERNEL_NAME} kernel", lambda d: _if(_state(d, name), _idle))
+    time.sleep(3)
+    dirty, metadata = driver.execute_script(
+        "const w = window.jupyterapp.shell.currentWidget;"
+        "return [w.context.model.dirty, JSON.stringify(w.context.model.toJSON().metadata)];")
+    return _state(driver, name), dirty, metadata
+
+
+def test_an_executed_notebook_opens_unmodified_with_its_widgets(lab, browser):
+    """The runner's executed notebook (trusted, widget state saved) shows the explorer as it was, not as
+    text, and opening it marks nothing modified."""
+    name = f"executed/{NOTEBOOK.name}"
+    with evidence(browser, lab, "executed_notebook"):
+        state, dirty, metadata = _open_clean(browser, lab, name, "executed")
+        state = _wait(browser, 30, "the explorer restored from the saved widget state", lambda d: _if(
+            _state(d, name), lambda s: s["explorer"] and s["images"] or widget_errors(s, settled=False)))
+        assert not widget_errors(state), f"the executed notebook's widgets did not render: {widget_errors(state)}"
+        assert state["explorer"] and _weights_line(state), "no explorer with its result in the executed notebook"
+        assert not dirty, f"{name} is marked modified after opening: metadata {metadata[:300]}"

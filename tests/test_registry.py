@@ -27,6 +27,9 @@ def test_everything_that_lists_methods_reads_the_registry():
         assert {"quick", "paper"} <= set(entry.recipes) and entry.data in ("images", "frame pairs", "scenes")
         for name in entry.ablations:                        # every ablation turns into constructor overrides
             entry.ablation(name)
+        notes = getattr(entry.cls, "TERM_NOTES", {})         # the explorer's caption of every weighted term
+        assert set(entry.weighted_terms) <= set(notes), (entry.name, set(entry.weighted_terms) - set(notes))
+        assert all("(" in notes[t] and notes[t].endswith(")") for t in entry.weighted_terms), notes
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

@@ -201,6 +201,8 @@ def test_parallel_run_writes_the_report(tmp_path, capsys):
     assert "2 at a time" in capsys.readouterr().out
     assert all(r.metrics["threads"] >= 1 for r in results[:2])                       # each kernel limited
     executed = nbformat.read(str(out / "02_bad.ipynb"), as_version=4)                # kept, with the traceback
+    from nbformat.sign import NotebookNotary
+    assert NotebookNotary().check_signature(nbformat.read(str(out / "00_tiny.ipynb"), as_version=4))  # trusted
     assert any(o.get("ename") == "RuntimeError" for c in executed.cells for o in c.get("outputs", []))
     page = (out / "index.html").read_text()
     for name in ("00_tiny", "01_other", "02_bad"):

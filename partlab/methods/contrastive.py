@@ -98,6 +98,13 @@ class ContrastiveParts(FrozenFeatures, PartSegmenter):
 
     feature_role = "contrastive"
     TERMS = ("f", "c", "v", "e", "fg")                       # the keys of losses(), weighted by lambda_<term>
+    TERM_NOTES = {                                             # the explorer's captions: the term in the paper
+        "f": "L_f: within-part variance of CNN features (contrastive appendix Sec. 2)",
+        "c": "L_c: a part's prototype matches the same part in other images (appendix Sec. 2)",
+        "v": "L_v: within-part variance of Lab colours (appendix Sec. 2)",
+        "e": "L_e: parts follow a warp, on the foreground (appendix Sec. 2)",
+        "fg": "L_fg: the foreground head's BCE to the mask (partlab's addition)",
+    }
 
     def __init__(self, num_parts: int, *, network: str = "unet", feature_channels: Optional[int] = None,
                  features: Union[str, nn.Module] = "batch", foreground: str = "fg",

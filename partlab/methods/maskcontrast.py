@@ -132,6 +132,10 @@ class MaskContrast(PartSegmenter):
     """
 
     TERMS = ("maskcontrast", "saliency")
+    TERM_NOTES = {                                             # the explorer's captions: the term in the paper
+        "maskcontrast": "salient pixels nearest their object's prototype (MaskContrast Algorithm 1)",
+        "saliency": "the saliency head's balanced BCE (MaskContrast Algorithm 1, aux loss)",
+    }
 
     def __init__(self, num_parts: int, *, network: str = "unet", embedding_dim: int = 32, queue_size: int = 128,
                  momentum: float = 0.999, temperature: float = 0.5, lambda_maskcontrast: float = 1.0,

@@ -123,6 +123,11 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
 
     feature_role = "perceptual"
     TERMS = ("perceptual", "eqv_shift", "eqv_affine")          # the keys of losses(), weighted by lambda_<term>
+    TERM_NOTES = {                                             # the explorer's captions: the term in the paper
+        "perceptual": "L_rec: multi-scale VGG19 L1 reconstruction (motion paper Eq. 6)",
+        "eqv_shift": "L_eq, shift: anchor keypoints follow a random warp (motion paper Sec. 3.3)",
+        "eqv_affine": "L_eq, affine: part affines follow the warp's Jacobian (motion paper Sec. 3.3)",
+    }
 
     def __init__(self, num_parts: int, *, features: Optional[nn.Module] = None, motion: str = "affine",
                  visibility: Optional[str] = None, lambda_perceptual: float = 1.0,

@@ -165,6 +165,13 @@ class SCOPS(FrozenFeatures, PartSegmenter):
 
     feature_role = "scops"
     TERMS = ("con", "eqv", "lmeqv", "sc", "orthonormal")      # the keys of losses(), weighted by lambda_<term>
+    TERM_NOTES = {                                             # the explorer's captions: the term in the paper
+        "con": "L_con: each part gathered around its centre (SCOPS Eq. 2)",
+        "eqv": "L_eqv: part maps follow a random warp, KL (SCOPS Eq. 3, first term)",
+        "lmeqv": "L_lmeqv: part centres follow the same warp (SCOPS Eq. 3, second term)",
+        "sc": "L_sc: semantic consistency, features rebuilt from a part basis (SCOPS Eq. 4)",
+        "orthonormal": "L_on: the part basis kept orthonormal (SCOPS Eq. 5)",
+    }
 
     def __init__(self, num_parts: int, *, network: str = "unet", feature_channels: Optional[int] = None,
                  features: Union[str, nn.Module] = "batch", saliency: str = "batch",

@@ -261,9 +261,27 @@ def run_notebook(path: "str | Path", output_dir: "str | Path" = "outputs", *, qu
                     rules = entry["metrics"]
                     problems = compare(metrics, rules)
                     status = "regressed" if problems else "ok"
+    if executed.is_file():
+        trust(executed)
     if html and executed.is_file():
         export_html(executed, output_dir / "html" / f"{name}.html")
     return NotebookResult(name, status, seconds, metrics, problems, executed, keyed, rules)
+
+
+def trust(notebook: "str | Path") -> bool:
+    """Sign an executed notebook with this user's Jupyter notary (``jupyter trust``), so that JupyterLab shows
+    its outputs and widgets (papermill stores the widget state) as they were, not as text. Returns whether
+    it is trusted; a notary that cannot be written (a read-only home) leaves it untrusted."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    try:
+        nb = nbformat.read(str(notebook), as_version=4)
+        notary = NotebookNotary()
+        notary.sign(nb)
+        return bool(notary.check_signature(nb))
+    except Exception:                                    # sqlite or permission trouble: untrusted, not a failure
+        return False
 
 
 def export_html(notebook: "str | Path", target: "str | Path") -> Path:
