@@ -86,7 +86,8 @@ def loss_curve_png(records: Sequence[Mapping[str, float]], terms: Sequence[str],
     for name in ["loss", *terms]:
         ys = [r.get(name, float("nan")) for r in records]
         if any(math.isfinite(y) and y > 0 for y in ys):
-            ax.plot(x, ys, label="total (weighted)" if name == "loss" else name, lw=2 if name == "loss" else 1)
+            ax.plot(x, ys, label="total (weighted)" if name == "loss" else name, lw=2 if name == "loss" else 1,
+                    marker="o", markersize=2.5)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     if steps:
@@ -305,6 +306,7 @@ class WeightExplorer(_OutputWidget):
             widget.disabled = running
         if running:
             self._progress.value = 0
+            self._curve.layout.display = "none"                # the live curve is this run's, from its first record
             self._say("training ...")
 
     def _train(self, chosen: dict):

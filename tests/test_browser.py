@@ -267,6 +267,12 @@ def widget_errors(state, settled: bool = True) -> list:
     return texts + failed + [f"shown as text, not rendered: {text}" for text in state["as_text"]]
 
 
+def _halfway(button: str) -> bool:
+    """The train button reads "training k/n" with k at least n / 2."""
+    step = re.search(r"training (\d+)/(\d+)", button)
+    return bool(step) and 2 * int(step.group(1)) >= int(step.group(2))
+
+
 def _weights_line(state) -> str:
     return next((line for line in state["output"].splitlines() if line.startswith("weights:")), "")
 
@@ -307,6 +313,11 @@ def test_weight_explorer_renders_and_retrains_on_click(lab, browser):
         feedback = _wait(browser, 2, "visible feedback in the explorer after the click", lambda d: _if(
             _state(d, name), lambda s: s["busy"] and ("training" in s["button"] or "starting" in s["button"])))
         print(f"after the click: button {feedback['button']!r}, status {feedback['status']!r}")
+        live = _wait(browser, 30, "the live loss curve and the step while it trains", lambda d: _if(
+            _state(d, name), lambda s: s["curve"] and _halfway(s["button"]) or not s["busy"]))
+        if live["busy"]:                                        # a picture for the README: mid-training
+            EVIDENCE.mkdir(parents=True, exist_ok=True)
+            explorer.screenshot(str(EVIDENCE / "explorer_training.png"))
 
         def retrained(driver):
             state = _state(driver, name)
@@ -318,6 +329,8 @@ def test_weight_explorer_renders_and_retrains_on_click(lab, browser):
         assert not widget_errors(state), f"widgets failed after the click: {widget_errors(state)}"
         assert state["curve"], "no live loss curve in the explorer"
         assert state["history_rows"] == 2 and not state["busy"], (state["history_rows"], state["busy"])
+        browser.execute_script("document.querySelector('.partlab-explorer-history').scrollIntoView();")
+        explorer.screenshot(str(EVIDENCE / "explorer_history.png"))
         print(f"browser check: {time.monotonic() - start:.0f} s; {before} -> {_weights_line(state)}")
 
 
@@ -357,8 +370,13 @@ def test_an_executed_notebook_opens_unmodified_with_its_widgets(lab, browser):
     name = f"executed/{NOTEBOOK.name}"
     with evidence(browser, lab, "executed_notebook"):
         state, dirty, metadata = _open_clean(browser, lab, name, "executed")
-        state = _wait(browser, 30, "the explorer restored from the saved widget state", lambda d: _if(
-            _state(d, name), lambda s: s["explorer"] and s["images"] or widget_errors(s, settled=False)))
+        def restored(driver):             # JupyterLab renders the cells in view: bring the explorer there
+            driver.execute_script("const e = document.querySelector('.partlab-weight-explorer');"
+                                  "if (e) e.scrollIntoView();")
+            return _if(_state(driver, name), lambda s: s["explorer"] and s["images"] and _weights_line(s)
+                       or widget_errors(s, settled=False))
+
+        state = _wait(browser, 30, "the explorer restored from the saved widget state", restored)
         assert not widget_errors(state), f"the executed notebook's widgets did not render: {widget_errors(state)}"
         assert state["explorer"] and _weights_line(state), "no explorer with its result in the executed notebook"
         assert not dirty, f"{name} is marked modified after opening: metadata {metadata[:300]}"

@@ -10,7 +10,6 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
-from jupyter_client.kernelspec import KernelSpecManager
 
 from partlab import notebooks as nbs
 from partlab.notebooks import regression
@@ -19,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = nbs.list_notebooks(ROOT / "notebooks")
 BASELINES = regression.load(ROOT / "tests" / "baselines" / "quick.json")
 MAX_CELL_LINES = 15
-KERNEL_DISPLAY_NAME = KernelSpecManager().get_kernel_spec(nbs.KERNEL_NAME).display_name
+KERNEL_METADATA = nbs.kernel_metadata()
 
 
 def test_there_is_a_curriculum():
@@ -43,8 +42,8 @@ def test_contract(path):
     assert set(declared) <= parsed, f"papermill cannot parse the parameters {sorted(set(declared) - parsed)}"
     assert declared["device"] == "auto" and declared["dataset"] == "synthetic"
     assert nb.metadata.get("kernelspec", {}).get("name") == nbs.KERNEL_NAME
-    # the display name JupyterLab writes on opening (else it marks the notebook modified)
-    assert nb.metadata["kernelspec"].get("display_name") == KERNEL_DISPLAY_NAME, nb.metadata["kernelspec"]
+    # what JupyterLab writes on opening (else it marks the notebook modified): `python -m partlab.notebooks tidy`
+    assert {k: nb.metadata.get(k) for k in KERNEL_METADATA} == KERNEL_METADATA, "run python -m partlab.notebooks tidy"
     assert "write_metrics" in code[-1].source, "the last cell must write the metrics JSON"
     assert path.stem in BASELINES, f"tests/baselines/quick.json has no entry for {path.stem}"
     assert regression.find(BASELINES[path.stem], nbs.run_parameters(path, True)) is not None, \

@@ -222,3 +222,11 @@ def test_a_kernel_that_dies_fails_its_notebook_only(tmp_path):
     assert tiny.status == "ok"
     with pytest.raises(ValueError, match=r"\['nope'\] are not declared"):            # checked before any run
         nbs.run_curriculum(notebooks=folder, output_dir=tmp_path / "out", parameters={"nope": 1}, jobs=2)
+
+
+def test_tidy_writes_the_kernels_metadata_once(tmp_path):
+    path = _notebook(tmp_path / "00_a.ipynb", "pass")
+    assert nbs.tidy(path) is True and nbs.tidy(path) is False
+    metadata = nbformat.read(str(path), as_version=4).metadata
+    assert metadata["kernelspec"] == nbs.kernel_metadata()["kernelspec"]
+    assert metadata["language_info"]["version"] == nbs.kernel_metadata()["language_info"]["version"]

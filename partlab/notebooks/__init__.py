@@ -86,6 +86,31 @@ def notebook_parameters(path: "str | Path") -> Dict[str, Any]:
     raise ValueError(f"{path} has no cell tagged 'parameters'")
 
 
+def kernel_metadata(kernel_name: str = KERNEL_NAME) -> Dict[str, Any]:
+    """The notebook metadata JupyterLab writes when it opens a notebook on this environment's kernel: the
+    kernelspec (with its display name) and the kernel's ``language_info`` (with this Python's version). A
+    notebook that carries exactly this opens unmodified."""
+    from ipykernel.ipkernel import IPythonKernel
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(kernel_name)
+    return {"kernelspec": {"display_name": spec.display_name, "language": spec.language, "name": kernel_name},
+            "language_info": json.loads(json.dumps(IPythonKernel.language_info))}
+
+
+def tidy(path: "str | Path") -> bool:
+    """Write :func:`kernel_metadata` into a notebook (and nothing else); returns whether it changed."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    wanted = kernel_metadata(nb.metadata.get("kernelspec", {}).get("name", KERNEL_NAME))
+    if all(nb.metadata.get(key) == value for key, value in wanted.items()):
+        return False
+    nb.metadata.update(wanted)
+    nbformat.write(nb, str(path))
+    return True
+
+
 def _finite(value: Any, key: str) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _finite(v, f"{key}.{k}") for k, v in value.items()}

@@ -39,6 +39,8 @@ def build_parser(prog: str = "python -m partlab.notebooks") -> argparse.Argument
     run.add_argument("--baselines", default=None, metavar="FILE",
                      help="the baselines file (default: tests/baselines/quick.json, or full.json with --full)")
     sub.add_parser("list", help="list the curriculum")
+    sub.add_parser("tidy", help="write this environment's kernelspec and language_info into every notebook, "
+                                "so that JupyterLab opens them unmodified")
     return parser
 
 
@@ -49,6 +51,10 @@ def main(argv: Optional[List[str]] = None, prog: str = "python -m partlab.notebo
     if args.command == "list":
         for path in nbs.list_notebooks():
             print(path.stem)
+        return 0
+    if args.command == "tidy":
+        changed = [path.stem for path in nbs.list_notebooks() if nbs.tidy(path)]
+        print(f"tidied {', '.join(changed)}" if changed else "every notebook already carries this kernel's metadata")
         return 0
     parameters = {key: parse_value(value) for key, value in args.parameter}
     try:
