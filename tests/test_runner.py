@@ -138,8 +138,9 @@ def test_write_metrics_checks_the_headline_metrics(tmp_path):
 
 
 def test_moved_metrics_rank_by_tolerance():
-    moved = report.moved_metrics({"a": 0.30, "b": 1.0, "c": 5.0},
-                                 {"a": {"value": 0.20, "atol": 0.05}, "b": {"value": 1.0}, "c": {"value": 4.0, "rtol": 1.0}})
+    moved = report.moved_metrics({"a": 0.30, "b": 1.0, "c": 5.0, "d": 0.50001},
+                                 {"a": {"value": 0.20, "atol": 0.05}, "b": {"value": 1.0}, "c": {"value": 4.0, "rtol": 1.0},
+                                  "d": {"value": 0.5, "atol": 0.03}})                 # d: rounding, not a move
     assert [m["name"] for m in moved] == ["a", "c"] and moved[0]["outside"] and not moved[1]["outside"]
 
 

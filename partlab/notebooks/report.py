@@ -19,6 +19,7 @@ from partlab.notebooks import regression
 STATUS_COLOURS = {"ok": "#1a7f37", "updated": "#1a7f37", "failed": "#cf222e", "regressed": "#cf222e",
                   "no baseline": "#9a6700"}
 MAX_MOVED = 6
+NOISE = 0.1                # a metric "moved" when it differs from its baseline by more than this part of its tolerance
 MAX_THUMBNAILS = 6
 
 STYLE = """
@@ -29,13 +30,14 @@ th { background: #f6f8fa; }
 .status { font-weight: 600; white-space: nowrap; }
 .moved { font-family: ui-monospace, monospace; font-size: 0.85em; }
 .bad { color: #cf222e; }
-img.thumb { height: 72px; margin: 0 4px 4px 0; border: 1px solid #d0d7de; }
+img.thumb { height: 56px; max-width: 160px; object-fit: cover; margin: 0 4px 4px 0; border: 1px solid #d0d7de; }
 .trend { display: inline-block; margin: 0 12px 12px 0; }
 """
 
 
 def moved_metrics(flat: Mapping[str, Any], rules: Optional[Mapping[str, Mapping[str, float]]]) -> List[Dict[str, Any]]:
-    """The guarded metrics whose value differs from their baseline, largest move (in tolerances) first:
+    """The guarded metrics that differ from their baseline by more than :data:`NOISE` of their tolerance,
+    largest move (in tolerances) first:
     ``[{"name", "baseline", "value", "delta", "tolerance", "outside"}]``."""
     moved = []
     for name, rule in (rules or {}).items():
@@ -44,7 +46,7 @@ def moved_metrics(flat: Mapping[str, Any], rules: Optional[Mapping[str, Mapping[
             continue
         delta = float(x) - float(rule["value"])
         tol = rule.get("atol", 0.0) + rule.get("rtol", 0.0) * abs(rule["value"])
-        if delta == 0:
+        if abs(delta) <= NOISE * tol or delta == 0:          # rounding of the stored value, not a move
             continue
         moved.append({"name": name, "baseline": rule["value"], "value": float(x), "delta": delta,
                       "tolerance": tol, "outside": abs(delta) > tol})
