@@ -144,6 +144,7 @@ class WeightExplorer(_OutputWidget):
         if history_path is not None and Path(history_path).is_file():
             try:
                 self.load_history(history_path)
+                self.message = f"{len(self.history)} earlier runs reloaded from {history_path}"
             except ValueError as exc:
                 self.message = str(exc)
 
@@ -167,7 +168,7 @@ class WeightExplorer(_OutputWidget):
         self._button = w.Button(description=self._idle_label(), button_style="primary", layout=w.Layout(width="auto"))
         self._stop_button = w.Button(description="stop", disabled=True, layout=w.Layout(width="auto"))
         self._progress = w.IntProgress(value=0, min=0, max=self.steps, layout=w.Layout(width="16em"))
-        self._status = w.HTML(self._status_html(self.message, error=bool(self.message)))
+        self._status = w.HTML(self._status_html(self.message, error="does not parse" in self.message))
         self._curve = w.Image(format="png", layout=w.Layout(display="none"))
         self._result = w.HTML()
         self._parts = w.Image(format="png", layout=w.Layout(display="none"))

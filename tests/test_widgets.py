@@ -91,7 +91,7 @@ def test_a_click_trains_in_the_background_with_progress_and_a_live_curve(setup, 
     _wait_idle(explorer)
     assert [row["run"] for row in explorer.history] == [1, 2] and "<b>" in explorer._table.value
     reloaded = WeightExplorer(train, info, test, steps=4, history_path=path)   # saved after every run
-    assert reloaded.history == explorer.history
+    assert reloaded.history == explorer.history and reloaded.message.startswith("2 earlier runs reloaded")
 
 
 def test_stop_keeps_the_last_result_and_errors_become_one_message(setup):
