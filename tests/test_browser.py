@@ -125,14 +125,34 @@ def _api(lab, method: str, path: str, timeout: float = 5.0):
     return json.loads(body) if body else None
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """JupyterLab on a free local port, serving the prepared notebooks; kernels and server stopped after."""
+def skip_without_chromium() -> None:
+    """Skip, saying why, where Debian's chromium, its chromedriver or selenium is missing."""
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
     if missing:
         pytest.skip(f"{' and '.join(missing)} missing: `make browser` installs Debian's chromium and "
                     f"chromium-driver (needs root)")
     pytest.importorskip("selenium", reason="selenium missing: `make setup` installs the dev extras")
+
+
+def start_chromium(log: Path, extra: tuple = ()):
+    """Headless Debian Chromium driven by its chromedriver (no download: both paths are given), 1400 x 1000."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000", *extra):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(log)), options=options)
+    driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab on a free local port, serving the prepared notebooks; kernels and server stopped after."""
+    skip_without_chromium()
     root = tmp_path_factory.mktemp("browser")
     folder, config = root / "notebooks", root / "config"
     folder.mkdir()
@@ -182,18 +202,8 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(lab):
-    """Headless Debian Chromium driven by its chromedriver (no download: both paths are given)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(lab.root / "chromedriver.log")),
-                              options=options)
-    driver.set_page_load_timeout(60)
+    """Chromium for the JupyterLab tests (:func:`start_chromium`)."""
+    driver = start_chromium(lab.root / "chromedriver.log")
     try:
         yield driver
     finally:

@@ -8,36 +8,22 @@ headline metrics of both runs.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from partlab.notebooks.__main__ import main
+from test_browser import skip_without_chromium, start_chromium
 from test_runner import PARAMS, TINY, _notebook
 
 pytestmark = [pytest.mark.browser, pytest.mark.notebook]
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory):
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-    if missing:
-        pytest.skip(f"{' and '.join(missing)} missing: `make browser` installs Debian's chromium and "
-                    f"chromium-driver (needs root)")
-    pytest.importorskip("selenium", reason="selenium missing: `make setup` installs the dev extras")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1300,900",
-                     "--allow-file-access-from-files"):
-        options.add_argument(argument)
-    log = tmp_path_factory.mktemp("chromedriver") / "chromedriver.log"
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(log)), options=options)
-    driver.set_page_load_timeout(60)
+    skip_without_chromium()
+    driver = start_chromium(tmp_path_factory.mktemp("chromedriver") / "chromedriver.log",
+                            ("--allow-file-access-from-files",))
     try:
         yield driver
     finally:
