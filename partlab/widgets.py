@@ -56,6 +56,7 @@ class _OutputWidget:
 
 
 HISTORY_METRICS = ("fg_ari", "fg_ari_image", "fg_iou", "landmark_error")   # history columns, when scored
+WEIGHT_EXPONENTS = (-3, 5)       # the sliders' range, 10^-3 .. 10^5: the papers' weights span 0.1 .. 10^4
 
 
 class _Stopped(Exception):
@@ -154,17 +155,23 @@ class WeightExplorer(_OutputWidget):
 
         width = max(len(f"lambda_{term}") for term in self.terms) + 1          # no label cut short
         style = {"description_width": f"{width}ch"}
-        rows, self._sliders, self._boxes = [], {}, {}
+        rows, self._sliders, self._boxes, self._typed_boxes = [], {}, {}, {}
         for term in self.terms:
             default = self.defaults[term]
-            slider = w.FloatLogSlider(value=default if default > 0 else 1.0, base=10, min=-3, max=5, step=0.1,
-                                      description=f"lambda_{term}", readout_format=".2g", continuous_update=False,
-                                      style=style, layout=w.Layout(width=f"{width + 30}ch"), tooltip=self.notes[term])
-            box = w.Checkbox(value=default > 0, description="on", indent=False, layout=w.Layout(width="4em"))
-            note = w.HTML(f'<span style="color:#57606a">{html.escape(self.notes[term])}</span>')
+            slider = w.FloatLogSlider(value=default if default > 0 else 1.0, base=10, min=WEIGHT_EXPONENTS[0],
+                                      max=WEIGHT_EXPONENTS[1], step=0.1, description=f"lambda_{term}", readout=False,
+                                      continuous_update=False, style=style,
+                                      layout=w.Layout(width=f"{width + 22}ch", flex="0 0 auto"),
+                                      tooltip=self.notes[term])
+            typed = w.Text(value=f"{slider.value:.3g}", continuous_update=False, layout=w.Layout(width="7em", flex="0 0 auto"),
+                           tooltip=f"type a weight in {10.0 ** WEIGHT_EXPONENTS[0]:g} .. {10.0 ** WEIGHT_EXPONENTS[1]:g}")
+            slider.observe(lambda change, t=typed: setattr(t, "value", f"{change['new']:.3g}"), names="value")
+            typed.observe(lambda change, k=term: self._typed(k, change["new"]), names="value")
+            box = w.Checkbox(value=default > 0, description="on", indent=False, layout=w.Layout(width="4em", flex="0 0 auto"))
+            note = w.HTML(f'<span style="color:#57606a">{html.escape(self.notes[term])}</span>', layout=w.Layout(flex="1 1 auto"))
             note.add_class("partlab-term-note")
-            self._sliders[term], self._boxes[term] = slider, box
-            rows.append(w.HBox([slider, box, note]))
+            self._sliders[term], self._boxes[term], self._typed_boxes[term] = slider, box, typed
+            rows.append(w.HBox([slider, typed, box, note]))
         self._button = w.Button(description=self._idle_label(), button_style="primary", layout=w.Layout(width="auto"))
         self._stop_button = w.Button(description="stop", disabled=True, layout=w.Layout(width="auto"))
         self._progress = w.IntProgress(value=0, min=0, max=self.steps, layout=w.Layout(width="16em"))
@@ -205,6 +212,22 @@ class WeightExplorer(_OutputWidget):
         if self.last_scores is not None:
             self._show_result(*self._last_shown)
         return self._widgets
+
+    def _typed(self, term: str, text: str) -> None:
+        """A weight typed into the box beside a slider: set the slider, or say why not and show its value."""
+        slider = self._sliders[term]
+        low, high = 10.0 ** WEIGHT_EXPONENTS[0], 10.0 ** WEIGHT_EXPONENTS[1]
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not low <= value <= high:
+            self._say(f"lambda_{term}: {text!r} is not a weight in {low:g} .. {high:g} (untick 'on' for 0); "
+                      f"it stays {slider.value:.3g}", error=True)
+            self._typed_boxes[term].value = f"{slider.value:.3g}"
+            return
+        if abs(value - slider.value) > 1e-9 * value:
+            slider.value = value
 
     def _idle_label(self) -> str:
         return f"train ({self.steps} steps)"
@@ -303,7 +326,7 @@ class WeightExplorer(_OutputWidget):
         self._button.disabled = running
         self._button.description = "starting ..." if running else self._idle_label()
         self._stop_button.disabled = not running
-        for widget in (*self._sliders.values(), *self._boxes.values()):
+        for widget in (*self._sliders.values(), *self._boxes.values(), *self._typed_boxes.values()):
             widget.disabled = running
         if running:
             self._progress.value = 0

@@ -137,3 +137,17 @@ def test_every_slider_label_fits_and_names_its_term(setup):
     for term, slider in explorer._sliders.items():
         assert int(slider.style.description_width.rstrip("ch")) >= len(slider.description)
         assert slider.tooltip == explorer.notes[term] and "SCOPS Eq." in explorer.notes[term]
+
+
+def test_a_typed_weight_sets_its_slider_and_a_bad_one_gets_one_message(setup):
+    train, info, _, test = setup
+    explorer = WeightExplorer(train, info, test, steps=2)
+    explorer._build()
+    explorer._typed_boxes["sc"].value = "250"
+    assert explorer._sliders["sc"].value == pytest.approx(250.0) and explorer.weights()["sc"] == pytest.approx(250.0)
+    explorer._sliders["con"].value = 10.0
+    assert explorer._typed_boxes["con"].value == "10"                          # the box shows the slider
+    for bad in ("1e9", "-3", "lots"):
+        explorer._typed_boxes["con"].value = bad
+        assert explorer.message.startswith(f"lambda_con: {bad!r} is not a weight in 0.001 .. 100000")
+        assert explorer._sliders["con"].value == pytest.approx(10.0) and explorer._typed_boxes["con"].value == "10"
