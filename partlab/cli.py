@@ -354,13 +354,11 @@ def _cmd_evaluate(args) -> int:
 
 
 def _write_json(path: Path, results) -> None:
-    """The scores as JSON, written atomically (a temporary file, then ``os.replace``)."""
+    """The scores as JSON, written atomically (:func:`partlab.utils.atomic_write`)."""
     from partlab.methods.runs import jsonable
+    from partlab.utils import atomic_write_text
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n")
     print(f"wrote {path}")
 
 

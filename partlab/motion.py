@@ -391,6 +391,8 @@ class MotionGenerator(nn.Module):
     Args:
         base_channels: ``C``.
         num_residual: residual blocks in the bottleneck (6 in the paper).
+        num_down: down (and up) blocks, 2 in the paper: the flow acts on features at ``1 / 2**num_down`` of
+            the frame's size (64 x 64 for its 256 px frames). Fewer keep small motions visible to the warp.
         condition_channels: channels of the maps :meth:`condition` concatenates (0: none).
         in_channels, out_channels: 3 (RGB in [0, 1]).
 
@@ -401,29 +403,28 @@ class MotionGenerator(nn.Module):
     torch.Size([2, 3, 32, 32])
     """
 
-    NUM_DOWN = 2
-
     def __init__(self, base_channels: int = 64, num_residual: int = 6, condition_channels: int = 0,
-                 in_channels: int = 3, out_channels: int = 3) -> None:
+                 in_channels: int = 3, out_channels: int = 3, num_down: int = 2) -> None:
         super().__init__()
-        if base_channels < 1 or num_residual < 0 or condition_channels < 0:
-            raise ValueError(f"MotionGenerator needs base_channels >= 1, num_residual >= 0 and "
-                             f"condition_channels >= 0, got {base_channels}, {num_residual}, {condition_channels}")
-        widths = [base_channels * 2**i for i in range(self.NUM_DOWN + 1)]           # C, 2C, 4C
+        if base_channels < 1 or num_residual < 0 or condition_channels < 0 or num_down < 0:
+            raise ValueError(f"MotionGenerator needs base_channels >= 1, num_residual >= 0, condition_channels >= 0 "
+                             f"and num_down >= 0, got {base_channels}, {num_residual}, {condition_channels}, {num_down}")
+        self.num_down = int(num_down)
+        widths = [base_channels * 2**i for i in range(self.num_down + 1)]           # C, 2C, 4C
         self.first = _conv_norm_relu(in_channels, widths[0], 7)
         self.down = nn.ModuleList([nn.Sequential(_conv_norm_relu(widths[i], widths[i + 1], 3), nn.AvgPool2d(2))
-                                   for i in range(self.NUM_DOWN)])
+                                   for i in range(self.num_down)])
         self.fuse = nn.Conv2d(widths[-1] + condition_channels, widths[-1], 1) if condition_channels else None
         self.bottleneck = nn.Sequential(*[_ResidualBlock(widths[-1]) for _ in range(num_residual)])
-        self.up = nn.ModuleList([_conv_norm_relu(widths[i + 1], widths[i], 3) for i in reversed(range(self.NUM_DOWN))])
+        self.up = nn.ModuleList([_conv_norm_relu(widths[i + 1], widths[i], 3) for i in reversed(range(self.num_down))])
         self.final = nn.Conv2d(widths[0], out_channels, 7, padding=3)
         self.feature_channels = widths[-1]
 
     def encode(self, source: torch.Tensor) -> torch.Tensor:
         """Source features ``xi`` ``(B, 4C, H/4, W/4)`` (each side at least 4 pixels)."""
         h, w = source.shape[-2:]
-        if min(h, w) < 2**self.NUM_DOWN:
-            raise ValueError(f"MotionGenerator needs images of at least {2**self.NUM_DOWN}x{2**self.NUM_DOWN} "
+        if min(h, w) < 2**self.num_down:
+            raise ValueError(f"MotionGenerator needs images of at least {2**self.num_down}x{2**self.num_down} "
                              f"pixels, got {h}x{w}")
         x = self.first(source)                                                    # (B, C, H, W)
         for block in self.down:

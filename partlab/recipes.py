@@ -210,13 +210,10 @@ class Recipe:
 
     def save(self, folder: Union[str, os.PathLike]) -> Path:
         """Write ``folder/recipe.json`` atomically; return its path."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / RECIPE_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-        return path
+        from partlab.utils import atomic_write_text
+
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        return atomic_write_text(Path(folder) / RECIPE_FILE, text)
 
     # ------------------------------------------------------------------------------ use
 

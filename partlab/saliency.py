@@ -38,7 +38,7 @@ from scipy.sparse.csgraph import dijkstra
 from skimage.color import rgb2lab
 from skimage.segmentation import slic
 
-from partlab.utils import progress
+from partlab.utils import atomic_save, progress
 
 SALIENCY_METHODS = ("rbd", "none", "oracle")
 
@@ -325,7 +325,7 @@ def cached_saliency(dataset, method: str = "rbd", *, path: "Optional[str | os.Pa
         method: as in :func:`saliency_maps`.
         path: optional ``.pt`` file. If it exists and was written for the same method, keyword
             arguments, length and image size, it is loaded; otherwise the maps are computed and
-            written there (atomically: a temporary file, then ``os.replace``). The key does not
+            written there (atomically: :func:`partlab.utils.atomic_save`). The key does not
             identify the images themselves: use one file per dataset.
         progress_bar: show a progress bar (``None`` follows :func:`partlab.utils.progress_enabled`).
         **rbd_kwargs: passed to :func:`robust_background_saliency`.
@@ -352,19 +352,5 @@ def cached_saliency(dataset, method: str = "rbd", *, path: "Optional[str | os.Pa
             raise ValueError("method='oracle' needs items with an 'fg' mask (1, H, W); this dataset has none")
         maps[i] = saliency_maps(item["image"][None], method, fg=fg, **rbd_kwargs)[0].float().cpu()
     if path is not None:
-        _save_atomically({"key": key, "saliency": maps}, path)
+        atomic_save({"key": key, "saliency": maps}, path)
     return maps
-
-
-def _save_atomically(obj: Dict[str, Any], path: "str | os.PathLike") -> None:
-    """``torch.save`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -120,14 +120,11 @@ def write_image(image, path: str | os.PathLike) -> Path:
 
 
 def _save_atomically(picture, path: Path, format: str) -> None:
-    """``picture.save`` to ``path`` through a temporary file in the same folder, so that a reader never
-    sees half a file and a failure leaves no file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        picture.save(tmp, format=format)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``picture.save`` to ``path`` atomically (:func:`partlab.utils.atomic_write`): a reader never sees
+    half a file and a failure leaves no file behind."""
+    from partlab.utils import atomic_write
+
+    atomic_write(path, lambda handle: picture.save(handle, format=format), mode="wb")
 
 
 def output_names(paths: Sequence[str | os.PathLike]) -> list[str]:

@@ -348,6 +348,8 @@ def plot_history(history: Sequence[dict] | nn.Module, ax=None, terms: Optional[S
     """
     import matplotlib.pyplot as plt
 
+    from partlab import viz
+
     if isinstance(history, nn.Module):
         history = getattr(history, "history", [])
     if not history:
@@ -359,18 +361,8 @@ def plot_history(history: Sequence[dict] | nn.Module, ax=None, terms: Optional[S
         raise ValueError(f"terms {missing} are not in the history; it has {available}")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [record["step"] for record in history]
-    values = []
-    for term in terms:
-        series = [record.get(term, math.nan) for record in history]
-        values += [v for v in series if math.isfinite(v)]
-        ax.plot(steps, series, label=term, lw=2.5 if term == "loss" else 1.2)
-    if log_scale:
-        ax.set_yscale("log" if values and min(values) > 0 else "symlog")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    viz.draw_loss_curves(ax, history, terms, log_scale=log_scale)
     ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
     return ax.figure
 
 
@@ -515,8 +507,8 @@ def _set_rng_state(state: dict) -> None:
 def _save_checkpoint(path: Path, model: nn.Module, optimizers: list[torch.optim.Optimizer],
                      scaler: torch.amp.GradScaler, step: int, history: list[dict], seconds: float,
                      cfg: TrainConfig) -> None:
-    """Write the checkpoint atomically: to ``last.pt.tmp`` in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the checkpoint atomically: to ``last.pt.<random>.tmp`` in the same folder, then ``os.replace``
+    (:func:`partlab.utils.atomic_save`)."""
     checkpoint = {
         "format": "partlab.train/1",
         "model": model.state_dict(),
@@ -528,15 +520,7 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizers: list[torch.optim.
         "config": cfg.to_dict(),
         "rng": _rng_state(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    utils.atomic_save(checkpoint, path)
 
 
 def _read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:

@@ -1,4 +1,5 @@
-"""Small utilities every part of partlab uses: device choice, seeding, quiet-aware progress bars.
+"""Small utilities every part of partlab uses: device choice, seeding, quiet-aware progress bars,
+atomic file writes.
 
 >>> from partlab import utils
 >>> utils.device("cpu")
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import sys
-from typing import Iterable, Iterator, Optional, TypeVar
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -105,3 +108,46 @@ def progress(iterable: Optional[Iterable[T]] = None, *, total: Optional[int] = N
 
     on = progress_enabled() if enabled is None else enabled
     return tqdm(iterable, total=total, desc=desc, disable=not on, file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+
+def atomic_write(path: "str | os.PathLike", write: Callable[[IO], Any], mode: str = "w") -> Path:
+    """Write ``path`` so that a reader sees the old file or the whole new one, never half of one.
+
+    ``write(handle)`` fills a temporary file ``<name>.<random>.tmp`` in the same folder (created if
+    needed), which then replaces ``path`` with ``os.replace`` (atomic within one folder). If ``write``
+    raises, the temporary file is removed and ``path`` is left as it was. ``mode``: ``"w"`` (text,
+    UTF-8) or ``"wb"`` (bytes). A folder without write permission raises ``PermissionError`` naming it.
+
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "out" / "scores.json"
+    >>> atomic_write(target, lambda f: f.write("{}")).read_text()
+    '{}'
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode={mode!r}: use 'w' (text) or 'wb' (bytes)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")         # one per writer: no collisions
+    try:
+        handle = open(tmp, mode.replace("w", "x"), encoding=None if mode == "wb" else "utf-8")
+    except PermissionError as exc:
+        raise PermissionError(f"cannot write {path}: no permission to write in {path.parent}") from exc
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path: "str | os.PathLike", text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`); return the path."""
+    return atomic_write(path, lambda handle: handle.write(text))
+
+
+def atomic_save(obj: Any, path: "str | os.PathLike") -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (:func:`atomic_write`); return the path."""
+    return atomic_write(path, lambda handle: torch.save(obj, handle), mode="wb")

@@ -8,6 +8,7 @@ labels ``(H, W)`` integers) and return matplotlib figures; nothing calls ``plt.s
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -516,6 +517,29 @@ def show_similarity(similarities: Mapping[str, "torch.Tensor"], *, ax_size: floa
         ax.set_xlabel("part j (other image)"); ax.set_ylabel("part i"); ax.set_title(title, fontsize=9)
     fig.colorbar(shown, ax=list(axes[0]))
     return fig
+
+
+def draw_loss_curves(ax, history: Sequence[Mapping[str, float]], terms: Sequence[str], *,
+                     labels: Optional[Mapping[str, str]] = None, log_scale: bool = False, **line_kwargs):
+    """Draw each loss term of ``history`` (the records of :func:`partlab.train.fit`) against its
+    ``"step"`` onto the matplotlib axes ``ax``: the total ``"loss"`` thick, the other terms thin.
+
+    A missing value is NaN (a gap in its line). ``labels``: legend names by term (default: the term).
+    ``log_scale``: logarithmic y axis (symlog when some value is <= 0). ``line_kwargs`` go to
+    ``ax.plot`` (e.g. ``marker="o"``). The legend is left to the caller. Returns ``ax``.
+    """
+    steps = [record["step"] for record in history]
+    values = []
+    for term in terms:
+        series = [record.get(term, math.nan) for record in history]
+        values += [v for v in series if math.isfinite(v)]
+        ax.plot(steps, series, label=(labels or {}).get(term, term), lw=2.5 if term == "loss" else 1.2, **line_kwargs)
+    if log_scale:
+        ax.set_yscale("log" if values and min(values) > 0 else "symlog")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    return ax
 
 
 def part_legend(ax, names: Sequence[str], loc: str = "upper right") -> None:

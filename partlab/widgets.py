@@ -78,23 +78,18 @@ def figure_png(fig) -> bytes:
 
 def loss_curve_png(records: Sequence[Mapping[str, float]], terms: Sequence[str], *, steps: Optional[int] = None) -> bytes:
     """The live loss curve: one line per loss term present in ``records`` (``model.history``) and the
-    weighted total, log scale, as PNG bytes."""
+    weighted total, log scale, as PNG bytes (drawn by :func:`partlab.viz.draw_loss_curves`, without pyplot)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.2, 2.4))
     ax = fig.add_subplot()
-    x = [r["step"] for r in records]
-    for name in ["loss", *terms]:
-        ys = [r.get(name, float("nan")) for r in records]
-        if any(math.isfinite(y) and y > 0 for y in ys):
-            ax.plot(x, ys, label="total (weighted)" if name == "loss" else name, lw=2 if name == "loss" else 1,
-                    marker="o", markersize=2.5)
+    shown = [name for name in ["loss", *terms]                    # a log axis cannot show a term that is never > 0
+             if any(math.isfinite(y) and y > 0 for y in (r.get(name, math.nan) for r in records))]
+    viz.draw_loss_curves(ax, records, shown, labels={"loss": "total (weighted)"}, marker="o", markersize=2.5)
     ax.set_yscale("log")
-    ax.set_xlabel("step")
     if steps:
         ax.set_xlim(0, steps)
     ax.legend(fontsize=7, loc="upper right", ncol=2)
-    ax.grid(alpha=0.3)
     return figure_png(fig)
 
 
@@ -458,20 +453,17 @@ class WeightExplorer(_OutputWidget):
     def save_history(self, path) -> Path:
         """Write the history as CSV (one row per run), atomically."""
         import csv
-        import io
-        import os
 
-        path = Path(path)
+        from partlab.utils import atomic_write
+
         columns = list(dict.fromkeys(k for row in self.history for k in row))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(self.history)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(buffer.getvalue())
-        os.replace(tmp, path)
-        return path
+
+        def write(handle) -> None:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.history)
+
+        return atomic_write(path, write)
 
     def load_history(self, path) -> list:
         """Read a history CSV written by :meth:`save_history` (this method's weights); a file that does not

@@ -59,6 +59,16 @@ def test_generator_shapes_and_range():
         g.encode(torch.rand(1, 3, 3, 8))
 
 
+@pytest.mark.parametrize("num_down", [0, 1, 3])
+def test_generator_num_down_sets_the_warp_resolution(num_down):
+    g = MotionGenerator(base_channels=4, num_residual=1, num_down=num_down)
+    source = torch.rand(2, 3, S, S)
+    assert g.encode(source).shape == (2, 4 * 2**num_down, S // 2**num_down, S // 2**num_down)
+    assert g(source).shape == source.shape
+    with pytest.raises(ValueError, match="num_down >= 0"):
+        MotionGenerator(base_channels=4, num_down=-1)
+
+
 def test_generator_identity_flow_reconstructs_what_the_plain_autoencoder_does():
     # identical frames with identity affines: the flow is the identity grid and V = 1, so the deformation
     # layer passes the source features through and G rebuilds the source as its plain auto-encoder does

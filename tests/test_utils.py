@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -48,3 +51,65 @@ def test_progress_disabled_by_env(monkeypatch, capsys):
     assert "quiet" not in capsys.readouterr().err
     monkeypatch.setenv("PARTLAB_PROGRESS", "1")
     assert utils.progress_enabled()
+
+
+def test_atomic_write_text_creates_folder_and_writes(tmp_path):
+    path = tmp_path / "new" / "folder" / "scores.json"
+    assert utils.atomic_write_text(path, '{"nmi": 0.5}\n') == path
+    assert path.read_text() == '{"nmi": 0.5}\n'
+    assert sorted(p.name for p in path.parent.iterdir()) == ["scores.json"]          # no temporary file left
+
+
+def test_atomic_write_failure_keeps_the_original(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("old\n")
+
+    def half_then_fail(handle):
+        handle.write("half a fi")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        utils.atomic_write(path, half_then_fail)
+    assert path.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv"]
+
+
+def test_atomic_write_bytes_and_torch_save(tmp_path):
+    utils.atomic_write(tmp_path / "raw.bin", lambda handle: handle.write(b"\x00\x01"), mode="wb")
+    assert (tmp_path / "raw.bin").read_bytes() == b"\x00\x01"
+    utils.atomic_save({"x": torch.arange(3)}, tmp_path / "last.pt")
+    assert torch.equal(torch.load(tmp_path / "last.pt", weights_only=True)["x"], torch.arange(3))
+    with pytest.raises(ValueError, match="mode='a'"):
+        utils.atomic_write(tmp_path / "log.txt", lambda handle: None, mode="a")
+
+
+def test_atomic_write_temporary_names_do_not_collide(tmp_path, monkeypatch):
+    seen = []
+
+    def record(handle):
+        seen.append(Path(handle.name))
+        assert seen[-1].parent == tmp_path and seen[-1].name.startswith("out.json.") and seen[-1].suffix == ".tmp"
+
+    utils.atomic_write(tmp_path / "out.json", record)
+    utils.atomic_write(tmp_path / "out.json", record)
+    assert seen[0] != seen[1]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_atomic_write_unwritable_folder_is_clear(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "model.json").write_text("old")
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError, match="cannot write .*model.json: no permission to write in .*locked"):
+            utils.atomic_write_text(locked / "model.json", "new")
+        assert (locked / "model.json").read_text() == "old"
+    finally:
+        locked.chmod(0o755)
+
+
+def test_atomic_write_below_a_file_fails_before_writing(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError):
+        utils.atomic_write_text(tmp_path / "file" / "scores.json", "{}")

@@ -449,9 +449,6 @@ def build_standin(path: Optional[os.PathLike] = None, *, steps: Optional[int] = 
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
     }
     state = {k: v.half() for k, v in features.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": state, "layout": record["layout"], "record": record}, tmp)
-    os.replace(tmp, path)
-    (path.parent / "TRAINING.json").write_text(json.dumps(record, indent=1) + "\n")
+    utils.atomic_save({"state_dict": state, "layout": record["layout"], "record": record}, path)
+    utils.atomic_write_text(path.parent / "TRAINING.json", json.dumps(record, indent=1) + "\n")
     return record

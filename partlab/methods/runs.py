@@ -33,6 +33,7 @@ from torch import nn
 
 from partlab.methods import registry
 from partlab.methods.base import PartSegmenter
+from partlab.utils import atomic_write_text
 
 RUN_FORMAT = "partlab.run/1"
 MODEL_JSON = "model.json"
@@ -106,13 +107,7 @@ def save_model_json(run_dir: str | os.PathLike, model: PartSegmenter, *, categor
         raise ValueError(f"cannot save a {name}: run folders hold one of {sorted(METHODS)}")
     meta = {"format": RUN_FORMAT, "method": name, "kwargs": constructor_kwargs(model), "category": category,
             "size": int(size), "features": features, "info": jsonable(dict(info or {}))}
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / MODEL_JSON
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(run_dir) / MODEL_JSON, json.dumps(meta, indent=2, allow_nan=False) + "\n")
 
 
 def read_model_json(run_dir: str | os.PathLike) -> dict:

@@ -146,11 +146,9 @@ def write_metrics(metrics: Mapping[str, Any], path: "str | Path", headline: Opti
         clean[HEADLINE_METRICS] = [str(k) for k in headline_metrics]
     if headline is not None:
         clean[HEADLINE] = " ".join(str(headline).split())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(clean, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    from partlab.utils import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(clean, indent=2, sort_keys=True))
 
 
 def flatten(metrics: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -314,11 +312,10 @@ def export_html(notebook: "str | Path", target: "str | Path") -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    from partlab.utils import atomic_write_text
+
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(notebook), as_version=4))
-    target.write_text(body, encoding="utf-8")
-    return target
+    return atomic_write_text(target, body)
 
 
 def _short(metrics: Mapping[str, Any], n: int = 4) -> str:
@@ -391,6 +388,7 @@ def run_curriculum(*, quick: bool = True, only: Optional[Iterable[str]] = None,
     breaks a floor or ceiling is not stored.
     """
     from partlab.notebooks import regression, report
+    from partlab.utils import atomic_write_text
 
     paths = select(list_notebooks(notebooks), only)
     bpath = Path(baselines_file) if baselines_file is not None else baselines_path(quick)
@@ -461,7 +459,7 @@ def run_curriculum(*, quick: bool = True, only: Optional[Iterable[str]] = None,
     out.mkdir(parents=True, exist_ok=True)
     summary = [{"notebook": r.name, "status": r.status, "seconds": round(r.seconds, 2), "metrics": r.metrics,
                 "problems": r.problems, "parameters": r.parameters} for r in results]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     run_id = time.strftime("%Y%m%dT%H%M%S")
     commit_id = regression.commit(repo_root())
     new = [regression.history_record(r, run_id, commit_id) for r in results]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -56,12 +55,9 @@ def load(path: "str | Path") -> Dict[str, List[Dict[str, Any]]]:
 
 def save(baselines: Mapping[str, List[Dict[str, Any]]], path: "str | Path") -> Path:
     """Write a baselines file atomically (one key per line, sorted, so that a diff shows what moved)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(baselines, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    from partlab.utils import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(baselines, indent=1, sort_keys=True) + "\n")
 
 
 def find(entries: Sequence[Mapping[str, Any]], parameters: Mapping[str, Any]) -> Optional[Dict[str, Any]]:

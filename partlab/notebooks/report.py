@@ -152,8 +152,6 @@ def write_index(results: Sequence, output_dir: "str | Path", *, history: Sequenc
 {"".join(trends) or "<p>no headline metrics recorded yet</p>"}
 </body></html>
 """
-    path = output_dir / "index.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from partlab.utils import atomic_write_text
+
+    return atomic_write_text(output_dir / "index.html", page)
