@@ -284,6 +284,10 @@ class MotionSegmenter(nn.Module):
         temperature: of the keypoint softmax (0.1 in the original).
         head_kernel: kernel size of the three heads (7 in the original; odd).
         in_channels: 3 for RGB in [0, 1].
+        identity_start: the keypoint head initialised to 0 (partlab's option; the original starts from
+            pretrained keypoints): every heatmap is uniform, every anchor at the frame's centre in every frame,
+            so that with ``A_k = I`` the part flow starts as the identity. A random head puts the anchors of
+            two frames of one clip up to half a frame apart (README, motion section).
 
     >>> net = MotionSegmenter(4, scale=0.5, base_channels=8)
     >>> out = net(torch.rand(2, 3, 32, 32))
@@ -292,7 +296,8 @@ class MotionSegmenter(nn.Module):
     """
 
     def __init__(self, num_parts: int, scale: float = 0.25, base_channels: int = 16, depth: int = 3,
-                 temperature: float = 0.1, head_kernel: int = 7, in_channels: int = 3) -> None:
+                 temperature: float = 0.1, head_kernel: int = 7, in_channels: int = 3,
+                 identity_start: bool = False) -> None:
         super().__init__()
         if num_parts < 1:
             raise ValueError(f"MotionSegmenter needs num_parts >= 1, got {num_parts}")
@@ -312,6 +317,9 @@ class MotionSegmenter(nn.Module):
         nn.init.zeros_(self.affine_head.weight)
         with torch.no_grad():
             self.affine_head.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 1.0]).repeat(num_parts))
+        if identity_start:
+            nn.init.zeros_(self.keypoint_head.weight)
+            nn.init.zeros_(self.keypoint_head.bias)
 
     def downscale(self, images: torch.Tensor) -> torch.Tensor:
         """Anti-aliased resize of ``(B, C, H, W)`` by ``scale`` (:func:`antialias_downscale`; the identity
@@ -388,6 +396,17 @@ class MotionGenerator(nn.Module):
     maps concatenated to the source features (the target segmentation), fused back to ``4C``
     channels by a 1x1 conv (:meth:`condition`); nothing is warped.
 
+    With ``image_skip`` (partlab's quick recipe, not the paper's network) the decoder predicts a residual
+    on top of a *base* image, the source frame itself warped by the flow at full resolution,
+    ``W(X_S, F)`` (V stays on the features)::
+
+        decode   ... - 7x7 conv (initialised to 0) -> r;   prediction = clamp(base + r, 0, 1)
+
+    so that a fresh generator already reproduces the warped source and the flow gets a pixel-level
+    gradient from the first step. Without it, a small generator trained for minutes reconstructs the
+    target worse than a plain copy of the source would (README, motion section), and the
+    reconstruction error drowns the motion signal the segmentation learns from.
+
     Args:
         base_channels: ``C``.
         num_residual: residual blocks in the bottleneck (6 in the paper).
@@ -395,6 +414,7 @@ class MotionGenerator(nn.Module):
             the frame's size (64 x 64 for its 256 px frames). Fewer keep small motions visible to the warp.
         condition_channels: channels of the maps :meth:`condition` concatenates (0: none).
         in_channels, out_channels: 3 (RGB in [0, 1]).
+        image_skip: decode a residual on a base image (above); :meth:`decode` then needs ``base``.
 
     >>> g = MotionGenerator(base_channels=8, num_residual=1)
     >>> xi = g.encode(torch.rand(2, 3, 32, 32)); xi.shape
@@ -404,7 +424,7 @@ class MotionGenerator(nn.Module):
     """
 
     def __init__(self, base_channels: int = 64, num_residual: int = 6, condition_channels: int = 0,
-                 in_channels: int = 3, out_channels: int = 3, num_down: int = 2) -> None:
+                 in_channels: int = 3, out_channels: int = 3, num_down: int = 2, image_skip: bool = False) -> None:
         super().__init__()
         if base_channels < 1 or num_residual < 0 or condition_channels < 0 or num_down < 0:
             raise ValueError(f"MotionGenerator needs base_channels >= 1, num_residual >= 0, condition_channels >= 0 "
@@ -419,6 +439,10 @@ class MotionGenerator(nn.Module):
         self.up = nn.ModuleList([_conv_norm_relu(widths[i + 1], widths[i], 3) for i in reversed(range(self.num_down))])
         self.final = nn.Conv2d(widths[0], out_channels, 7, padding=3)
         self.feature_channels = widths[-1]
+        self.image_skip = bool(image_skip)
+        if self.image_skip:                                 # a fresh generator returns its base image
+            nn.init.zeros_(self.final.weight)
+            nn.init.zeros_(self.final.bias)
 
     def encode(self, source: torch.Tensor) -> torch.Tensor:
         """Source features ``xi`` ``(B, 4C, H/4, W/4)`` (each side at least 4 pixels)."""
@@ -457,13 +481,23 @@ class MotionGenerator(nn.Module):
             maps = F.interpolate(maps, size=features.shape[-2:], mode="area")
         return self.fuse(torch.cat((features, maps.to(features.dtype)), dim=1))
 
-    def decode(self, features: torch.Tensor, size: "tuple[int, int] | None" = None) -> torch.Tensor:
+    def decode(self, features: torch.Tensor, size: "tuple[int, int] | None" = None,
+               base: "torch.Tensor | None" = None) -> torch.Tensor:
         """Image ``(B, 3, H, W)`` in [0, 1] from bottleneck features ``(B, 4C, h, w)``: ``H, W = 4h, 4w``
-        or ``size`` (a final bilinear resize when the two differ, e.g. for sides not divisible by 4)."""
+        or ``size`` (a final bilinear resize when the two differ, e.g. for sides not divisible by 4).
+        With ``image_skip``: ``clamp(base + r, 0, 1)`` for the base image ``base`` ``(B, 3, H, W)``."""
         x = self.bottleneck(features)
         for block in self.up:
             x = block(F.interpolate(x, scale_factor=2.0, mode="nearest"))        # doubles the size
-        x = torch.sigmoid(self.final(x))                                           # (B, 3, 4h, 4w)
+        x = self.final(x)                                                          # (B, 3, 4h, 4w)
+        if self.image_skip:
+            if base is None:
+                raise ValueError("this MotionGenerator was built with image_skip=True: decode needs the base "
+                                 "image (B, 3, H, W), e.g. the source frame warped by the flow")
+            if tuple(x.shape[-2:]) != tuple(base.shape[-2:]):
+                x = F.interpolate(x, size=tuple(base.shape[-2:]), mode="bilinear", align_corners=False)
+            return (base.to(x.dtype) + x).clamp(0.0, 1.0)
+        x = torch.sigmoid(x)
         if size is not None and tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
         return x
@@ -472,13 +506,28 @@ class MotionGenerator(nn.Module):
                 visibility: "torch.Tensor | None" = None, condition: "torch.Tensor | None" = None) -> torch.Tensor:
         """Reconstruction ``(B, 3, H, W)`` of the target from the source frame ``(B, 3, H, W)``: with
         ``flow`` (and ``visibility``) at the features' resolution, Eq. (5); with ``condition``, the
-        *Naive* bottleneck; with neither, a plain auto-encoder of the source."""
+        *Naive* bottleneck; with neither, a plain auto-encoder of the source. With ``image_skip`` the base
+        image is :meth:`image_base` (the flow and V resized to the frame)."""
         features = self.encode(source)
         if condition is not None:
             features = self.condition(features, condition)
         if flow is not None:
             features = self.deform(features, flow, visibility)
-        return self.decode(features, size=tuple(source.shape[-2:]))
+        base = self.image_base(source, flow) if self.image_skip else None
+        return self.decode(features, size=tuple(source.shape[-2:]), base=base)
+
+    @staticmethod
+    def image_base(source: torch.Tensor, flow: "torch.Tensor | None" = None) -> torch.Tensor:
+        """The ``image_skip`` base: the source frame warped by ``flow``, ``W(X_S, F)`` ``(B, 3, H, W)``, the flow
+        ``(B, h, w, 2)`` bilinearly resized to the frame's ``H x W`` when given at another size; the source
+        itself when ``flow`` is None."""
+        if flow is None:
+            return source
+        size = tuple(source.shape[-2:])
+        if tuple(flow.shape[1:3]) != size:
+            flow = F.interpolate(flow.permute(0, 3, 1, 2), size=size, mode="bilinear",
+                                 align_corners=False).permute(0, 2, 3, 1)
+        return warp_with_flow(source, flow)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,8 +617,9 @@ def part_swap(model, source: torch.Tensor, target: torch.Tensor, parts: Sequence
 
         out = decode( enc(X_T) * (1 - B) + W(enc(X_S), F) * B )
 
-    the blend of REFERENCE_NOTES.md (the original's part swap). The visibility mask (Eq. 4) is not applied:
-    it only dims target *background* pixels, where ``B`` is ~0. With no parts (``B = 0``) the result is
+    the blend of REFERENCE_NOTES.md (the original's part swap); a generator with ``image_skip`` decodes on the
+    same blend of the frames themselves at their size, ``X_T (1 - B) + W(X_S, F) B``. The visibility mask
+    (Eq. 4) is not applied: it only dims target *background* pixels, where ``B`` is ~0. With no parts (``B = 0``) the result is
     the generator's plain auto-encoding of the target, ``model.generator(target)`` =
     ``decode(enc(X_T))`` (not the motion reconstruction of training, which rebuilds the target from the
     source); with ``B = 1`` everywhere and the identity flow it is ``model.generator(source)``.
@@ -615,6 +665,13 @@ def part_swap(model, source: torch.Tensor, target: torch.Tensor, parts: Sequence
     mask = swap_mask(seg_target, chosen, soft)                                      # (B, 1, h, w)
     blend = mask.to(features.dtype)
     blended = target_features * (1 - blend) + warped * blend
+    base = None
+    if generator.image_skip:                 # the same blend on the frames themselves, at their size
+        full = tuple(target.shape[-2:])
+        seg_full = F.interpolate(motion["seg"][:b].float(), size=full, mode="bilinear", align_corners=False)
+        mask_full = swap_mask(seg_full, chosen, soft).to(target.dtype)
+        flow_full = model.feature_flow(seg_full, source_motion, target_motion)
+        base = target * (1 - mask_full) + warp_with_flow(source, flow_full) * mask_full
     with model.autocast(dev):
-        images = generator.decode(blended, size=tuple(target.shape[-2:])).float()
+        images = generator.decode(blended, size=tuple(target.shape[-2:]), base=base).float()
     return (images, mask) if return_mask else images

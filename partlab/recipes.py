@@ -55,6 +55,9 @@ class DataSpec:
             and held in memory. ``False`` (paper): computed on the fly on the device, at any scale.
         clip_motion: frame-pair methods (``motion``): the world's ``clip_motion``, the multiplier of the
             object's global drift between the two frames of a clip (1: the world's clips as they are).
+        noise: the std of the training data's pixel noise, or ``None`` for the world's own (0.02 by default).
+            ``clip_motion`` and ``noise`` change the training data only; the evaluation splits are the
+            world's as named.
         scene_objects: scene methods (``maskcontrast``): ``(lo, hi)`` objects per training scene.
     """
 
@@ -66,6 +69,7 @@ class DataSpec:
     features: str = "auto"
     cache: bool = True
     clip_motion: float = 1.0
+    noise: Optional[float] = None
     scene_objects: tuple = (1, 3)
 
     def __post_init__(self) -> None:
@@ -93,6 +97,11 @@ class DataSpec:
         if isinstance(motion, bool) or not isinstance(motion, (int, float)) or not 0 <= motion <= 8:
             raise ValueError(f"data.clip_motion must be a number in [0, 8], got {motion!r}")
         object.__setattr__(self, "clip_motion", float(motion))
+        noise = self.noise
+        if noise is not None:
+            if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 0.5:
+                raise ValueError(f"data.noise must be null (the world's) or a number in [0, 0.5], got {noise!r}")
+            object.__setattr__(self, "noise", float(noise))
         objects = self.scene_objects
         if not (isinstance(objects, (list, tuple)) and len(objects) == 2
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in objects)
@@ -101,10 +110,12 @@ class DataSpec:
         object.__setattr__(self, "scene_objects", tuple(objects))
 
     def world_config(self):
-        """The :class:`partlab.data.synthetic.SyntheticConfig` of ``world`` with this spec's ``clip_motion``."""
+        """The :class:`partlab.data.synthetic.SyntheticConfig` of ``world`` with this spec's ``clip_motion``
+        (and ``noise`` when set)."""
         from partlab.data.synthetic import WORLDS
 
-        return dataclasses.replace(WORLDS[self.world](), clip_motion=self.clip_motion)
+        config = dataclasses.replace(WORLDS[self.world](), clip_motion=self.clip_motion)
+        return config if self.noise is None else dataclasses.replace(config, noise=self.noise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +250,9 @@ class Recipe:
         lines = [f"recipe {self.method}/{self.name}: {entry.cls.__name__} trained on {entry.data}",
                  f"  data: {d.dataset} " + (f"scenes of every category, {d.scene_objects[0]}-{d.scene_objects[1]} objects each"
                                              if entry.data == "scenes" else d.category)
-                 + (f" ({d.world} world)" if d.world != "default" else "") + f", {d.size} px, {d.n_train} images"
+                 + (f" ({d.world} world)" if d.world != "default" else "")
+                 + (f", clip motion x{d.clip_motion:g}" if d.clip_motion != 1 else "")
+                 + (f", pixel noise {d.noise:g}" if d.noise is not None else "") + f", {d.size} px, {d.n_train} images"
                  + (f"; features {d.features} ({'computed once, in memory' if d.cache else 'on the fly'})"
                     if features else ""),
                  f"  model: {_short(self.model)}"]

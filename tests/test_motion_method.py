@@ -12,7 +12,7 @@ from partlab.losses import equivariance_affine_loss, equivariance_shift_loss, pe
 from partlab.methods import MotionCoPart
 from partlab.methods.motion import ABLATIONS
 from partlab.methods.registry import get_method, get_recipe, train_variants
-from partlab.motion import MotionGenerator
+from partlab.motion import MotionGenerator, warp_with_flow
 from partlab.train import fit
 
 S = 32
@@ -85,6 +85,57 @@ def test_generator_identity_flow_reconstructs_what_the_plain_autoencoder_does():
                                                                         visibility=zeros), atol=1e-6)
     with pytest.raises(ValueError, match="visibility must have shape"):
         g(source, flow=identity, visibility=torch.ones(2, 1, h + 1, w))
+
+
+def test_image_skip_generator_starts_as_its_warped_base_and_then_learns_a_residual():
+    # a fresh generator with image_skip returns its base image: the source warped by the flow
+    torch.manual_seed(0)
+    g = MotionGenerator(base_channels=4, num_residual=1, image_skip=True)
+    source = _texture(2)
+    assert torch.equal(g(source), source)
+    h = w = S // 4
+    shifted = pixel_grid(h, w).expand(2, h, w, 2) + torch.tensor([0.25, 0.0])         # half a frame's quarter
+    full = pixel_grid(S, S).expand(2, S, S, 2) + torch.tensor([0.25, 0.0])
+    inner = (..., slice(2, -2), slice(2, -2))          # the resized grid is exact away from the border pixels
+    assert torch.allclose(g(source, flow=shifted)[inner], warp_with_flow(source, full)[inner], atol=1e-5)
+    with pytest.raises(ValueError, match="needs the base image"):
+        g.decode(g.encode(source))
+    # one step of training moves the output off its base, and it stays in [0, 1]
+    opt = torch.optim.SGD(g.parameters(), lr=1.0)
+    (g(source) - 1.0).abs().mean().backward()
+    opt.step()
+    out = g(source)
+    assert not torch.equal(out, source) and (out >= 0).all() and (out <= 1).all()
+
+
+def test_image_skip_model_rebuilds_identical_frames_at_the_start_and_trains():
+    m = _model(image_skip=True, generator_down=1)
+    pair = _pair("identical")
+    with torch.no_grad():
+        motion = m.segment(pair["image"])
+        out = m.reconstruct(pair["frame2"], motion, motion)
+    assert out["flow"].shape == (2, S // 2, S // 2, 2) and out["base"].shape == pair["image"].shape
+    assert torch.allclose(out["prediction"], pair["frame2"], atol=1e-3)      # identity flow, zero residual
+    terms = m.losses(_pair())
+    terms["loss"].backward()
+    grads = [p.grad for p in m.network.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    naive = _model(image_skip=True, motion="naive")
+    with torch.no_grad():
+        motion = naive.segment(pair["image"])
+        assert torch.equal(naive.reconstruct(pair["frame2"], motion, motion)["base"], pair["frame2"])
+
+
+def test_identity_start_puts_every_anchor_at_the_centre_so_the_first_flow_is_the_identity():
+    m = _model(identity_start=True, eps=0.0)
+    pair = _pair()                                              # two different frames
+    with torch.no_grad():
+        target, source = m.segment(pair["image"]), m.segment(pair["frame2"])
+        assert torch.allclose(target["shift"], torch.zeros_like(target["shift"]), atol=1e-6)
+        flow = m.reconstruct(pair["frame2"], source, target)["flow"]
+    assert torch.allclose(flow, pixel_grid(S // 4, S // 4).expand_as(flow), atol=1e-5)
+    m.losses(pair)["loss"].backward()                            # the keypoint head still learns
+    assert m.network.keypoint_head.weight.grad.abs().sum() > 0
 
 
 def test_generator_naive_bottleneck_concatenates_the_segmentation():

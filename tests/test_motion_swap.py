@@ -72,6 +72,17 @@ def test_all_parts_under_the_identity_motion_give_the_decoded_source():
         assert torch.allclose(part_swap(m, source, target, [2, 3]), m.generator(target), atol=1e-6)
 
 
+def test_image_skip_swap_blends_the_frames_themselves():
+    # a fresh image_skip generator decodes to its base: the target outside the chosen parts, the source
+    # (identity flow) inside them
+    m = _hand_segment(_model(image_skip=True), _constant_seg([0.0, 1.0, 0.0, 0.0]))       # every pixel is part 1
+    source, target = _images(seed=1), _images(seed=2)
+    with torch.no_grad():
+        assert torch.allclose(part_swap(m, source, target, [1]), source, atol=1e-5)
+        assert torch.allclose(part_swap(m, source, target, [2, 3]), target, atol=1e-6)
+        assert torch.allclose(part_swap(m, source, target, []), target, atol=1e-6)
+
+
 def test_a_half_mask_blends_source_features_on_the_left_and_target_features_on_the_right():
     def left_half_is_part_2(images):
         seg = torch.zeros(images.shape[0], K + 1, S, S)

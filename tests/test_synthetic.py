@@ -371,3 +371,21 @@ def test_recipe_clip_motion_reaches_the_clips():
     assert DataSpec(world="varied").world_config().appearance == "varied"
     with pytest.raises(ValueError, match="clip_motion"):
         DataSpec(clip_motion=20)
+
+
+def test_recipe_noise_reaches_the_training_data_and_is_described():
+    from partlab.data import SyntheticParts
+    from partlab.methods.registry import get_recipe
+    from partlab.recipes import DataSpec
+
+    assert DataSpec().world_config().noise == 0.02 and DataSpec(noise=0).world_config().noise == 0.0
+    assert DataSpec(world="easy", noise=0.1).world_config().noise == 0.1
+    with pytest.raises(ValueError, match="data.noise must be null"):
+        DataSpec(noise=0.9)
+    recipe = get_recipe("scops", "quick").override({"data.noise": 0.0, "data.n_train": 2, "data.clip_motion": 2})
+    assert "clip motion x2, pixel noise 0" in recipe.describe()
+    clean = SyntheticParts("bird", size=32, length=2, seed=0, split="train", config=recipe.data.world_config())
+    noisy = SyntheticParts("bird", size=32, length=2, seed=0, split="train")
+    same = SyntheticParts("bird", size=32, length=2, seed=0, split="train", config=DataSpec().world_config())
+    assert torch.equal(same[1]["image"], noisy[1]["image"])          # the default spec is the world as named
+    assert not torch.equal(clean[1]["image"], noisy[1]["image"])

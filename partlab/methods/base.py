@@ -272,7 +272,7 @@ class FrozenFeatures:
         return F.interpolate(features, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def quick_setup(cls, category: str, *, world: str = "default", size: int, n_train: int, seed: int, features, device, num_parts,
+def quick_setup(cls, category: str, *, world="default", size: int, n_train: int, seed: int, features, device, num_parts,
                 network: str, feature_size, quick_weights: dict, quick_fit: dict, extras: dict, settings: dict,
                 model_kwargs: dict, describe: dict, cache: bool = True):
     """The steps every setup of a feature-reading method shares (:func:`partlab.methods.scops.setup`,

@@ -322,7 +322,7 @@ def setup(recipe, device: str = "auto", run_dir=None):
     from partlab.methods.registry import method_of
 
     weights = method_of(ContrastiveParts).weight_kwargs(recipe.weights)                       # {"lambda_<term>": value}
-    return quick_setup(ContrastiveParts, data.category, world=data.world, size=data.size, n_train=data.n_train,
+    return quick_setup(ContrastiveParts, data.category, world=data.world_config(), size=data.size, n_train=data.n_train,
                        seed=recipe.fit.seed,
                        features=data.features, device=device, num_parts=num_parts, network=network,
                        feature_size=None, quick_weights={}, quick_fit={}, extras=extras,

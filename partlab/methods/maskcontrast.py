@@ -361,7 +361,7 @@ def setup(recipe, device: str = "auto", run_dir=None):
     source = settings.get("saliency_source", "world")
     if source not in SALIENCY_SOURCES:
         raise ValueError(f"model.saliency_source={source!r}; choose one of {SALIENCY_SOURCES}")
-    dataset = SyntheticScenes(size=data.size, length=data.n_train, seed=seed, split="train", config=data.world,
+    dataset = SyntheticScenes(size=data.size, length=data.n_train, seed=seed, split="train", config=data.world_config(),
                               objects=data.scene_objects)
     if source == "rbd":
         from partlab.saliency import cached_saliency

@@ -67,7 +67,8 @@ from partlab.losses.motion import (
     perceptual_loss,
 )
 from partlab.methods.base import FrozenFeatures, PartSegmenter, check_images
-from partlab.motion import INVERSE_EPS, MotionGenerator, MotionSegmenter, background_visibility, part_flow
+from partlab.motion import (INVERSE_EPS, MotionGenerator, MotionSegmenter, background_visibility, part_flow,
+                            warp_with_flow)
 
 __all__ = ["ABLATIONS", "MOTIONS", "MotionCoPart", "RECIPES", "VISIBILITIES", "setup"]
 
@@ -108,7 +109,13 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
             motion model has the quantity (anchors unless ``"naive"``, affines only for ``"affine"``), else 0.
         scale: the segmenter's input resize (0.25 for the paper's 256 px frames, a 64x64 network).
         base_channels, depth, temperature: the segmenter's U-Net and keypoint softmax temperature.
+        identity_start: the segmenter's keypoint head starts at 0, so the part flow starts as the identity
+            (:class:`partlab.motion.MotionSegmenter`; not the original's initialisation).
         generator_channels, num_residual: the generator's ``C`` (64 in the paper) and residual blocks (6).
+        generator_down: the generator's down blocks (2 in the paper: the flow warps features at 1/4 size).
+        image_skip: the generator predicts a residual on the source frame warped at full resolution,
+            ``W(X_S, F)`` (:class:`partlab.motion.MotionGenerator`; partlab's quick recipe, not the paper's
+            network); for ``motion="naive"`` the base is the source frame unwarped.
         scales: the perceptual loss's image pyramid (1, 1/2, 1/4, 1/8).
         warp: :func:`partlab.geometry.random_warp` keyword arguments or a preset name (default
             ``"motion"``: affine ``I + N(0, 0.05)``, 5x5 TPS kernel weights ``N(0, 0.005)``); the target
@@ -133,8 +140,10 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
                  visibility: Optional[str] = None, lambda_perceptual: float = 1.0,
                  lambda_eqv_shift: Optional[float] = None, lambda_eqv_affine: Optional[float] = None,
                  scale: float = 0.25, base_channels: int = 16, depth: int = 3, temperature: float = 0.1,
-                 generator_channels: int = 64, num_residual: int = 6,
-                 scales: Sequence[float] = PERCEPTUAL_SCALES, warp: Union[str, dict] = "motion",
+                 identity_start: bool = False,
+                 generator_channels: int = 64, num_residual: int = 6, generator_down: int = 2,
+                 image_skip: bool = False, scales: Sequence[float] = PERCEPTUAL_SCALES,
+                 warp: Union[str, dict] = "motion",
                  eps: float = INVERSE_EPS) -> None:
         super().__init__(num_parts)
         if motion not in MOTIONS:
@@ -168,9 +177,10 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
         self.feature_layers = features.layers_for(self.feature_role)
 
         self.network = MotionSegmenter(num_parts, scale=scale, base_channels=base_channels, depth=depth,
-                                       temperature=temperature)
+                                       temperature=temperature, identity_start=identity_start)
         self.generator = MotionGenerator(generator_channels, num_residual,
-                                         condition_channels=num_parts + 1 if motion == "naive" else 0)
+                                         condition_channels=num_parts + 1 if motion == "naive" else 0,
+                                         num_down=generator_down, image_skip=image_skip)
 
     # ------------------------------------------------------------------------------ the modules
 
@@ -202,11 +212,12 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
         The segmentations are area-resized to the generator's feature size ``h x w`` (``H/4 x W/4``); there
         the flow (Eq. 2-3, :func:`partlab.motion.part_flow`) and the visibility (Eq. 4) are computed and the
         source features deformed (Eq. 5). ``motion="naive"``: the target segmentation is concatenated to
-        the source features instead.
+        the source features instead. With ``image_skip`` the same flow is also computed at the frame's size
+        and warps the source frame itself into the decoder's base image (:meth:`_image_base`).
 
         Returns:
             ``{"prediction": (B, 3, H, W) float32 in [0, 1], "flow": (B, h, w, 2) or None,
-            "visibility": (B, 1, h, w) or None}``.
+            "visibility": (B, 1, h, w) or None, "base": (B, 3, H, W) or None}`` (``base``: with ``image_skip``).
         """
         with self.autocast(source.device):
             features = self.generator.encode(source)                                  # (B, 4C, h, w)
@@ -223,9 +234,23 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
                 visibility = background_visibility(seg_source, seg_target,
                                                    stop_gradient=self.visibility == "stop_gradient")
             features = self.generator.deform(features, flow, visibility)
+        base = self._image_base(source, source_motion, target_motion) if self.generator.image_skip else None
         with self.autocast(source.device):
-            prediction = self.generator.decode(features, size=tuple(source.shape[-2:]))
-        return {"prediction": prediction.float(), "flow": flow, "visibility": visibility}
+            prediction = self.generator.decode(features, size=tuple(source.shape[-2:]), base=base)
+        return {"prediction": prediction.float(), "flow": flow, "visibility": visibility, "base": base}
+
+    def _image_base(self, source: torch.Tensor, source_motion: dict, target_motion: dict) -> torch.Tensor:
+        """The ``image_skip`` base at the frame's size: ``W(X_S, F)``, the source frame warped by the part flow
+        (the source itself for ``"naive"``). V is left to the features (Eq. 5): on the frame it would dim
+        every pixel where a soft target background meets a soft source part, which pushes the segmentation
+        to all-background from the first step."""
+        if self.motion == "naive":
+            return source
+        size = tuple(source.shape[-2:])
+        seg_target = target_motion["seg"]
+        if tuple(seg_target.shape[-2:]) != size:
+            seg_target = F.interpolate(seg_target, size=size, mode="bilinear", align_corners=False)
+        return warp_with_flow(source, self.feature_flow(seg_target, source_motion, target_motion))
 
     # ------------------------------------------------------------------------------ the losses
 

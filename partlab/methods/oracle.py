@@ -107,7 +107,7 @@ def setup(recipe, device: str = "auto", run_dir=None):
     data, settings = recipe.data, dict(recipe.model)
     seed = recipe.fit.seed
     dataset = SyntheticParts(data.category, size=data.size, length=data.n_train, seed=seed, split="train",
-                             config=data.world)
+                             config=data.world_config())
     num_parts = settings.pop("num_parts", None)
     num_parts = dataset.num_parts if num_parts is None else num_parts
     torch.manual_seed(seed)

@@ -432,7 +432,7 @@ def setup(recipe, device: str = "auto", run_dir=None):
         model_settings = {"saliency": "batch"}
     else:
         extras, model_settings = {}, {"saliency": saliency}
-    return quick_setup(SCOPS, data.category, world=data.world, size=data.size, n_train=data.n_train,
+    return quick_setup(SCOPS, data.category, world=data.world_config(), size=data.size, n_train=data.n_train,
                        seed=recipe.fit.seed,
                        features=data.features, device=device, num_parts=num_parts, network=network,
                        feature_size=None, quick_weights={}, quick_fit={}, extras=extras, settings=model_settings,
