@@ -671,7 +671,7 @@ def part_swap(model, source: torch.Tensor, target: torch.Tensor, parts: Sequence
         seg_full = F.interpolate(motion["seg"][:b].float(), size=full, mode="bilinear", align_corners=False)
         mask_full = swap_mask(seg_full, chosen, soft).to(target.dtype)
         flow_full = model.feature_flow(seg_full, source_motion, target_motion)
-        base = target * (1 - mask_full) + warp_with_flow(source, flow_full) * mask_full
+        base = target * (1 - mask_full) + generator.image_base(source, flow_full) * mask_full
     with model.autocast(dev):
         images = generator.decode(blended, size=tuple(target.shape[-2:]), base=base).float()
     return (images, mask) if return_mask else images

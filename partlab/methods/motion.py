@@ -67,8 +67,7 @@ from partlab.losses.motion import (
     perceptual_loss,
 )
 from partlab.methods.base import FrozenFeatures, PartSegmenter, check_images
-from partlab.motion import (INVERSE_EPS, MotionGenerator, MotionSegmenter, background_visibility, part_flow,
-                            warp_with_flow)
+from partlab.motion import INVERSE_EPS, MotionGenerator, MotionSegmenter, background_visibility, part_flow
 
 __all__ = ["ABLATIONS", "MOTIONS", "MotionCoPart", "RECIPES", "VISIBILITIES", "setup"]
 
@@ -250,7 +249,7 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
         seg_target = target_motion["seg"]
         if tuple(seg_target.shape[-2:]) != size:
             seg_target = F.interpolate(seg_target, size=size, mode="bilinear", align_corners=False)
-        return warp_with_flow(source, self.feature_flow(seg_target, source_motion, target_motion))
+        return self.generator.image_base(source, self.feature_flow(seg_target, source_motion, target_motion))
 
     # ------------------------------------------------------------------------------ the losses
 
