@@ -57,6 +57,9 @@ __all__ = ["MotionGenerator", "MotionSegmenter", "antialias_downscale", "backgro
            "check_swap_parts", "part_flow", "part_swap", "regularized_inverse", "swap_mask", "warp_with_flow"]
 
 INVERSE_EPS = 1e-6   # damping of regularized_inverse: relative error ~1e-6 on well-conditioned matrices
+ANCHORS = ("keypoints", "segments")    # MotionSegmenter: anchors from keypoint heatmaps (the paper) or the segments
+SEGMENT_ANCHOR_EPS = 1e-6              # added to each segment before it is normalised into a heatmap
+IDENTITY_START_SEG_SCALE = 0.01        # identity_start with "segments" anchors: the segmentation head's initial scale
 
 
 def _shape(x) -> object:
@@ -287,7 +290,15 @@ class MotionSegmenter(nn.Module):
         identity_start: the keypoint head initialised to 0 (partlab's option; the original starts from
             pretrained keypoints): every heatmap is uniform, every anchor at the frame's centre in every frame,
             so that with ``A_k = I`` the part flow starts as the identity. A random head puts the anchors of
-            two frames of one clip up to half a frame apart (README, motion section).
+            two frames of one clip up to half a frame apart (README, motion section). With ``anchors="segments"``
+            the segmentation head's initial weights are scaled by 0.01 (bias 0) instead: the segments start
+            near-uniform, so every anchor starts near the centre too, and the small random weights still tell
+            the parts apart.
+        anchors: ``"keypoints"`` (the paper's: ``p_k`` and the weights of ``A_k`` from the keypoint heatmaps) or
+            ``"segments"`` (partlab's option): the heatmap of part ``k`` is its own segment ``Y_k`` at the
+            network's size, normalised over space (``(Y_k + 1e-6) / sum(Y_k + 1e-6)``), so ``p_k`` is the
+            segment's centre of mass and ``A_k`` the segment-weighted mean of ``a_k(z)``. The anchors then
+            follow the parts from the first step (no keypoint head; an empty part anchors at the centre).
 
     >>> net = MotionSegmenter(4, scale=0.5, base_channels=8)
     >>> out = net(torch.rand(2, 3, 32, 32))
@@ -297,8 +308,10 @@ class MotionSegmenter(nn.Module):
 
     def __init__(self, num_parts: int, scale: float = 0.25, base_channels: int = 16, depth: int = 3,
                  temperature: float = 0.1, head_kernel: int = 7, in_channels: int = 3,
-                 identity_start: bool = False) -> None:
+                 identity_start: bool = False, anchors: str = "keypoints") -> None:
         super().__init__()
+        if anchors not in ANCHORS:
+            raise ValueError(f"anchors={anchors!r}; choose one of {ANCHORS}")
         if num_parts < 1:
             raise ValueError(f"MotionSegmenter needs num_parts >= 1, got {num_parts}")
         if not 0 < scale <= 1:
@@ -308,18 +321,25 @@ class MotionSegmenter(nn.Module):
         if head_kernel < 1 or head_kernel % 2 == 0:
             raise ValueError(f"head_kernel must be a positive odd number, got {head_kernel}")
         self.num_parts, self.scale, self.temperature = num_parts, float(scale), float(temperature)
+        self.anchors = anchors
         self.hourglass = UNet(1, base_channels=base_channels, depth=depth, in_channels=in_channels)
         self.hourglass.head = nn.Identity()             # the U-Net returns its last decoder features
         features, pad = self.hourglass.feature_channels, head_kernel // 2
         self.seg_head = nn.Conv2d(features, num_parts + 1, head_kernel, padding=pad)
-        self.keypoint_head = nn.Conv2d(features, num_parts, head_kernel, padding=pad)
+        # "segments" anchors need no keypoint head (no unused parameters under DDP)
+        self.keypoint_head = (nn.Conv2d(features, num_parts, head_kernel, padding=pad) if anchors == "keypoints"
+                              else None)
         self.affine_head = nn.Conv2d(features, 4 * num_parts, head_kernel, padding=pad)
         nn.init.zeros_(self.affine_head.weight)
         with torch.no_grad():
             self.affine_head.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 1.0]).repeat(num_parts))
-        if identity_start:
+        if identity_start and self.keypoint_head is not None:
             nn.init.zeros_(self.keypoint_head.weight)
             nn.init.zeros_(self.keypoint_head.bias)
+        elif identity_start:                            # "segments": near-uniform segments, anchors at the centre
+            with torch.no_grad():
+                self.seg_head.weight.mul_(IDENTITY_START_SEG_SCALE)
+                self.seg_head.bias.zero_()
 
     def downscale(self, images: torch.Tensor) -> torch.Tensor:
         """Anti-aliased resize of ``(B, C, H, W)`` by ``scale`` (:func:`antialias_downscale`; the identity
@@ -344,11 +364,16 @@ class MotionSegmenter(nn.Module):
         features = self.hourglass(self.downscale(images))                        # (B, F, h, w)
         b, k = images.shape[0], self.num_parts
         h, w = features.shape[-2:]
-        seg = self.seg_head(features).float().softmax(1)                        # (B, K+1, h, w)
+        seg_small = self.seg_head(features).float().softmax(1)                  # (B, K+1, h, w)
+        seg = seg_small
         if seg.shape[-2:] != images.shape[-2:]:
             seg = F.interpolate(seg, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        keypoint_logits = self.keypoint_head(features).float() / self.temperature
-        heatmap = keypoint_logits.flatten(2).softmax(-1).view(b, k, h, w)     # softmax over space
+        if self.keypoint_head is None:                                          # anchors="segments"
+            mass = seg_small[:, 1:] + SEGMENT_ANCHOR_EPS
+            heatmap = mass / mass.sum((-2, -1), keepdim=True)
+        else:
+            keypoint_logits = self.keypoint_head(features).float() / self.temperature
+            heatmap = keypoint_logits.flatten(2).softmax(-1).view(b, k, h, w)     # softmax over space
         shift = part_centers(heatmap)                                           # (B, K, 2)
         local_affine = self.affine_head(features).float().view(b, k, 4, h, w)  # a_k(z), (B, K, 4, h, w)
         affine = (local_affine * heatmap[:, :, None]).sum((-2, -1)).view(b, k, 2, 2)

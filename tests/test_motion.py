@@ -261,6 +261,36 @@ def test_segmenter_is_finite_on_a_constant_image():
     assert all(torch.isfinite(value).all() for value in out.values())
 
 
+def test_segment_anchors_are_the_segments_centres_of_mass():
+    torch.manual_seed(0)
+    net = MotionSegmenter(2, scale=1.0, base_channels=4, anchors="segments")
+    assert net.keypoint_head is None
+    labels = _square_labels(16, 16, (2, 6), (10, 14))           # part 1 in the top right, part 2 empty
+    with torch.no_grad():                                     # the segmentation head outputs the labels, sharply
+        net.seg_head.weight.zero_()
+        net.seg_head.bias.zero_()
+    logits = 60.0 * _seg_from_labels(labels, 2)
+    net.seg_head.register_forward_hook(lambda module, args, out: out + logits)
+    out = net(torch.rand(1, 3, 16, 16))
+    centre = to_normalized(torch.tensor([[11.5, 3.5]]), (16, 16))[0]    # pixel centre (x, y) of the square
+    assert torch.allclose(out["shift"][0, 0], centre, atol=1e-3)
+    assert torch.allclose(out["shift"][0, 1], torch.zeros(2), atol=1e-3)     # an empty part sits at the centre
+    assert torch.allclose(out["heatmap"].sum((-2, -1)), torch.ones(1, 2), atol=1e-5)
+    assert torch.allclose(out["affine"], _eye(1, 2), atol=1e-5)
+
+
+def test_segment_anchors_pass_gradients_to_the_segmentation_and_stay_finite():
+    torch.manual_seed(0)
+    net = MotionSegmenter(3, scale=0.5, base_channels=4, anchors="segments")
+    out = net(torch.full((2, 3, 16, 16), 0.5))                # a constant image
+    assert all(torch.isfinite(value).all() for value in out.values())
+    (out["shift"].sum() + out["affine"].sum()).backward()
+    assert net.seg_head.weight.grad.abs().sum() > 0 and net.affine_head.weight.grad.abs().sum() > 0
+    assert torch.isfinite(net.seg_head.weight.grad).all()
+    with pytest.raises(ValueError, match="anchors"):
+        MotionSegmenter(2, anchors="heatmaps")
+
+
 def test_segmenter_checks_its_arguments():
     with pytest.raises(ValueError, match="scale"):
         MotionSegmenter(2, scale=2.0)

@@ -110,6 +110,9 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
         base_channels, depth, temperature: the segmenter's U-Net and keypoint softmax temperature.
         identity_start: the segmenter's keypoint head starts at 0, so the part flow starts as the identity
             (:class:`partlab.motion.MotionSegmenter`; not the original's initialisation).
+        anchors: ``"keypoints"`` (the paper's keypoint heatmaps) or ``"segments"`` (partlab's option: each part's
+            anchor is its segment's centre of mass and its affine the segment-weighted mean;
+            :class:`partlab.motion.MotionSegmenter`).
         generator_channels, num_residual: the generator's ``C`` (64 in the paper) and residual blocks (6).
         generator_down: the generator's down blocks (2 in the paper: the flow warps features at 1/4 size).
         image_skip: the generator predicts a residual on the source frame warped at full resolution,
@@ -139,7 +142,7 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
                  visibility: Optional[str] = None, lambda_perceptual: float = 1.0,
                  lambda_eqv_shift: Optional[float] = None, lambda_eqv_affine: Optional[float] = None,
                  scale: float = 0.25, base_channels: int = 16, depth: int = 3, temperature: float = 0.1,
-                 identity_start: bool = False,
+                 identity_start: bool = False, anchors: str = "keypoints",
                  generator_channels: int = 64, num_residual: int = 6, generator_down: int = 2,
                  image_skip: bool = False, scales: Sequence[float] = PERCEPTUAL_SCALES,
                  warp: Union[str, dict] = "motion",
@@ -176,7 +179,8 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
         self.feature_layers = features.layers_for(self.feature_role)
 
         self.network = MotionSegmenter(num_parts, scale=scale, base_channels=base_channels, depth=depth,
-                                       temperature=temperature, identity_start=identity_start)
+                                       temperature=temperature, identity_start=identity_start,
+                                       anchors=anchors)
         self.generator = MotionGenerator(generator_channels, num_residual,
                                          condition_channels=num_parts + 1 if motion == "naive" else 0,
                                          num_down=generator_down, image_skip=image_skip)
