@@ -54,7 +54,8 @@ from partlab.models.unet import _norm as group_norm
 from partlab.precision import float32
 
 __all__ = ["MotionGenerator", "MotionSegmenter", "antialias_downscale", "background_visibility", "check_swap_model",
-           "check_swap_parts", "part_flow", "part_swap", "regularized_inverse", "swap_mask", "warp_with_flow"]
+           "check_swap_parts", "part_flow", "part_swap", "regularized_inverse", "soft_flow_costs", "swap_mask",
+           "warp_with_flow"]
 
 INVERSE_EPS = 1e-6   # damping of regularized_inverse: relative error ~1e-6 on well-conditioned matrices
 ANCHORS = ("keypoints", "segments")    # MotionSegmenter: anchors from keypoint heatmaps (the paper) or the segments
@@ -378,6 +379,47 @@ class MotionSegmenter(nn.Module):
         local_affine = self.affine_head(features).float().view(b, k, 4, h, w)  # a_k(z), (B, K, 4, h, w)
         affine = (local_affine * heatmap[:, :, None]).sum((-2, -1)).view(b, k, 2, 2)
         return {"seg": seg, "shift": shift, "affine": affine, "heatmap": heatmap}
+
+
+def soft_flow_costs(source: torch.Tensor, target: torch.Tensor, parts_source: torch.Tensor,
+                    parts_target: torch.Tensor, num_parts: int, extractor, layers=None,
+                    scales: Sequence[float] = (1.0, 0.5, 0.25, 0.125), confidence: float = 0.9) -> dict:
+    """What a soft segmentation costs the reconstruction, per scale of the perceptual pyramid (a diagnostic).
+
+    The source is warped by the part flow (Eq. 2-3, ``A = I``, anchors at the true part centroids of each
+    frame) of the true target parts, once one-hot (``"hard"``) and once soft (``"soft"``: ``confidence`` on
+    the true channel, the rest spread evenly over the other K channels), and scored against the target with
+    :func:`partlab.losses.perceptual_loss` at each scale on its own, next to the source itself (``"copy"``,
+    the identity flow). With soft segments every pixel's flow mixes in the other parts' motions, so the
+    background drifts by a fraction of a pixel; at full resolution that costs more than the parts' motion
+    gains (README, motion section).
+
+    Args:
+        source, target: ``(B, 3, H, W)`` frames in [0, 1].
+        parts_source, parts_target: ``(B, H, W)`` integer part labels (0 background, 1..K).
+        num_parts: K.
+        extractor, layers: of the perceptual loss (``layers`` default: the extractor's perceptual ones).
+        scales: the pyramid factors, each scored alone.
+        confidence: the soft segmentation's value on the true channel, in (1 / (K + 1), 1].
+
+    Returns:
+        ``{scale: {"copy": float, "hard": float, "soft": float}}``.
+    """
+    from partlab.losses.motion import perceptual_loss          # partlab.losses.motion imports this module
+
+    k = int(num_parts)
+    if not 1 / (k + 1) < confidence <= 1:
+        raise ValueError(f"confidence must be in (1/(K+1), 1] = ({1 / (k + 1):.3f}, 1], got {confidence}")
+    hard = [F.one_hot(p.long(), k + 1).permute(0, 3, 1, 2).float() for p in (parts_source, parts_target)]
+    soft = [confidence * h + (1 - confidence) / k * (1 - h) for h in hard]
+    anchors = [part_centers(h[:, 1:] + SEGMENT_ANCHOR_EPS) for h in hard]     # (B, K, 2) true centroids
+    eye = torch.eye(2, device=source.device).expand(source.shape[0], k, 2, 2)
+    frames = {"copy": source}
+    for name, seg in (("hard", hard[1]), ("soft", soft[1])):
+        frames[name] = warp_with_flow(source, part_flow(seg, anchors[0], anchors[1], eye, eye))
+    with torch.no_grad():
+        return {float(scale): {name: float(perceptual_loss(frame, target, extractor, layers, (scale,)))
+                               for name, frame in frames.items()} for scale in scales}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -333,3 +333,22 @@ def test_the_registry_lists_the_method_with_its_ablations_and_recipes():
     quick = entry.recipe("quick")
     assert quick.data.size == 64 and "num_parts" not in quick.model and quick.fit.max_steps <= 500
     assert "trained on frame pairs" in quick.describe()
+
+
+def test_soft_flow_costs_by_hand_cases():
+    from partlab.motion import soft_flow_costs
+    extractor = get_extractor("standin", device="cpu")
+    image = _texture(1)
+    labels = torch.zeros(1, S, S, dtype=torch.long)
+    labels[0, 8:16, 8:16], labels[0, 16:24, 12:20] = 1, 2
+    same = soft_flow_costs(image, image, labels, labels, 2, extractor, scales=(1.0, 0.5))
+    assert set(same) == {1.0, 0.5} and all(set(v) == {"copy", "hard", "soft"} for v in same.values())
+    assert all(value == pytest.approx(0.0, abs=1e-4) for costs in same.values() for value in costs.values())  # no motion
+    moved = torch.roll(labels, shifts=2, dims=-1)                          # the parts move right in the target
+    target = torch.roll(image, shifts=2, dims=-1)
+    exact = soft_flow_costs(image, target, labels, moved, 2, extractor, scales=(0.5,), confidence=1.0)[0.5]
+    assert exact["soft"] == pytest.approx(exact["hard"])                   # confidence 1 is the one-hot segmentation
+    costs = soft_flow_costs(image, target, labels, moved, 2, extractor, scales=(1.0,), confidence=0.6)[1.0]
+    assert all(math.isfinite(v) for v in costs.values()) and costs["soft"] != costs["hard"]
+    with pytest.raises(ValueError, match="confidence"):
+        soft_flow_costs(image, image, labels, labels, 2, extractor, confidence=0.2)
