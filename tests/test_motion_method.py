@@ -343,7 +343,8 @@ def test_soft_flow_costs_by_hand_cases():
     labels[0, 8:16, 8:16], labels[0, 16:24, 12:20] = 1, 2
     same = soft_flow_costs(image, image, labels, labels, 2, extractor, scales=(1.0, 0.5))
     assert set(same) == {1.0, 0.5} and all(set(v) == {"copy", "hard", "soft"} for v in same.values())
-    assert all(value == pytest.approx(0.0, abs=1e-4) for costs in same.values() for value in costs.values())  # no motion
+    # no motion: every flow is the identity
+    assert all(value == pytest.approx(0.0, abs=1e-4) for costs in same.values() for value in costs.values())
     moved = torch.roll(labels, shifts=2, dims=-1)                          # the parts move right in the target
     target = torch.roll(image, shifts=2, dims=-1)
     exact = soft_flow_costs(image, target, labels, moved, 2, extractor, scales=(0.5,), confidence=1.0)[0.5]
