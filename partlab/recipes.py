@@ -168,7 +168,8 @@ class Recipe:
 
     def override(self, changes: Union[Mapping[str, Any], Iterable[str], None]) -> "Recipe":
         """A copy with settings changed by dotted keys: ``{"fit.lr": 1e-4, "weights.con": 100}`` or the
-        command line's ``["fit.lr=1e-4", "weights.con=100"]`` (values parsed as JSON, else kept as text).
+        command line's ``["fit.lr=1e-4", "weights.con=100"]`` (values parsed as JSON, else kept as text: ``null``
+        is None, ``none`` the word "none", a choice of several settings such as ``model.visibility=none``).
         Unknown keys are refused with the accepted ones named. Changing ``model.network`` drops the old
         network's own settings that the new one does not take (``base_channels``, ``depth`` of the U-Net)."""
         if not changes:
@@ -344,7 +345,7 @@ def _parse_assignment(item: str) -> tuple[str, Any]:
     try:
         value = json.loads(text)
     except ValueError:
-        value = {"true": True, "false": False, "none": None}.get(text.lower(), text)
+        value = {"true": True, "false": False}.get(text.lower(), text)     # "none" is a choice, "null" is None
     return key.strip(), value
 
 

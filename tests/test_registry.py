@@ -129,3 +129,11 @@ def test_train_variants_takes_any_registered_method():
     _, data, info = recipe.build(device="cpu")
     models = train_variants("contrastive", ["full", "no_c"], data, info, max_steps=1)
     assert "c" in models["full"].history[-1] and "c" not in models["no_c"].history[-1]
+
+
+def test_command_line_settings_parse_json_and_keep_choice_words():
+    recipe = get_recipe("motion", "quick").override(["model.visibility=none", "data.noise=null", "fit.lr=2e-4",
+                                                     "model.image_skip=false", "model.scales=[0.5, 0.25]"])
+    assert recipe.model["visibility"] == "none"          # a choice of MotionCoPart, not None (its default)
+    assert recipe.data.noise is None and recipe.fit.lr == 2e-4
+    assert recipe.model["image_skip"] is False and recipe.model["scales"] == [0.5, 0.25]
