@@ -553,7 +553,8 @@ def _add_train_parser(sub) -> None:
     train.add_argument("--recipe", default="quick", help="quick (default), paper, or a recipe.json file")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
                        help="change a recipe setting, e.g. --set fit.lr=1e-4 --set weights.con=100 "
-                            "--set model.saliency=oracle --set data.size=128 (repeatable)")
+                            "--set model.saliency=oracle --set data.size=128 (repeatable; values are JSON, else text: "
+                            "null is None)")
     train.add_argument("--allow-random-init", action="store_true",
                        help="run a recipe that starts from ImageNet weights without them (random backbone, "
                             "offline stand-in features); recorded in the run folder")
