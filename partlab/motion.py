@@ -383,7 +383,7 @@ class MotionSegmenter(nn.Module):
 
 def soft_flow_costs(source: torch.Tensor, target: torch.Tensor, parts_source: torch.Tensor,
                     parts_target: torch.Tensor, num_parts: int, extractor, layers=None,
-                    scales: Sequence[float] = (1.0, 0.5, 0.25, 0.125), confidence: float = 0.9) -> dict:
+                    scales: "Sequence[float] | None" = None, confidence: float = 0.9) -> dict:
     """What a soft segmentation costs the reconstruction, per scale of the perceptual pyramid (a diagnostic).
 
     The source is warped by the part flow (Eq. 2-3, ``A = I``, anchors at the true part centroids of each
@@ -399,14 +399,15 @@ def soft_flow_costs(source: torch.Tensor, target: torch.Tensor, parts_source: to
         parts_source, parts_target: ``(B, H, W)`` integer part labels (0 background, 1..K).
         num_parts: K.
         extractor, layers: of the perceptual loss (``layers`` default: the extractor's perceptual ones).
-        scales: the pyramid factors, each scored alone.
+        scales: the pyramid factors, each scored alone (default the loss's own, 1, 1/2, 1/4, 1/8).
         confidence: the soft segmentation's value on the true channel, in (1 / (K + 1), 1].
 
     Returns:
         ``{scale: {"copy": float, "hard": float, "soft": float}}``.
     """
-    from partlab.losses.motion import perceptual_loss          # partlab.losses.motion imports this module
+    from partlab.losses.motion import PERCEPTUAL_SCALES, perceptual_loss   # that module imports this one
 
+    scales = PERCEPTUAL_SCALES if scales is None else scales
     k = int(num_parts)
     if not 1 / (k + 1) < confidence <= 1:
         raise ValueError(f"confidence must be in (1/(K+1), 1] = ({1 / (k + 1):.3f}, 1], got {confidence}")
