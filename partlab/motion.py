@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from partlab.data.labels import one_hot_parts
 from partlab.geometry import part_centers, pixel_grid
 from partlab.models.unet import UNet
 from partlab.models.unet import _norm as group_norm
@@ -411,7 +412,7 @@ def soft_flow_costs(source: torch.Tensor, target: torch.Tensor, parts_source: to
     k = int(num_parts)
     if not 1 / (k + 1) < confidence <= 1:
         raise ValueError(f"confidence must be in (1/(K+1), 1] = ({1 / (k + 1):.3f}, 1], got {confidence}")
-    hard = [F.one_hot(p.long(), k + 1).permute(0, 3, 1, 2).float() for p in (parts_source, parts_target)]
+    hard = [one_hot_parts(p.long(), k) for p in (parts_source, parts_target)]   # (B, K+1, H, W), checked
     soft = [confidence * h + (1 - confidence) / k * (1 - h) for h in hard]
     anchors = [part_centers(h[:, 1:] + SEGMENT_ANCHOR_EPS) for h in hard]     # (B, K, 2) true centroids
     eye = torch.eye(2, device=source.device).expand(source.shape[0], k, 2, 2)
