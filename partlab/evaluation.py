@@ -478,7 +478,8 @@ def benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str, torc
               category: Optional[str] = None, num_parts: Optional[int] = None,
               baselines: Sequence[str] = BASELINES, masks: Sequence[str] = ("rbd",), features: str = "auto",
               kmeans: str = "partlab", oracle_steps: Optional[int] = None, n_train: int = 256, size: Optional[int] = None,
-              seed: int = 0, device="auto", progress: Optional[bool] = None) -> Benchmark:
+              seed: int = 0, device="auto", progress: Optional[bool] = None,
+              metrics: Sequence[str] = HEADLINE_METRICS) -> Benchmark:
     """Score trained models, the K-means and DFF baselines and (optionally) the supervised oracle on one
     benchmark split: the cells every training notebook shares.
 
@@ -493,6 +494,8 @@ def benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str, torc
         kmeans: the K-means protocol (``"partlab"`` or ``"appendix"``, :data:`partlab.baselines.KMEANS_PROTOCOLS`).
         oracle_steps: train the supervised oracle (its quick recipe on ``n_train`` images of ``category`` at
             ``size``, seed ``seed``) for this many steps and add its row ``"oracle"``; None: no oracle.
+        metrics: what the headline, the margins and the verdict compare (default FG-ARI and landmark error;
+            the motion notebook: foreground IoU and landmark error, the motion paper's Table 1).
 
     Returns:
         a :class:`Benchmark`.
@@ -530,7 +533,7 @@ def benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str, torc
         fit(model, dataset, **(info["fit"] if progress is None else dict(info["fit"], progress=progress)))
         oracle = "oracle"
         results[oracle], predictions[oracle] = score_model(model, train, test, category=category, device=device)
-    return Benchmark(results, predictions, list(models), rows, oracle)
+    return Benchmark(results, predictions, list(models), rows, oracle, metrics=metrics)
 
 
 # ---------------------------------------------------------------------------------------------

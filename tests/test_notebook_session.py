@@ -123,3 +123,20 @@ def test_a_scenes_session_scores_with_the_semantic_benchmark(capsys):
     assert "miou@8" in bench.table()
     fig = viz.benchmark_figure(bench)
     assert len(fig.axes[0].containers) == 3 and len(fig.axes[0].containers[0]) == 3
+
+
+def test_another_method_on_the_same_split_and_a_benchmark_on_chosen_metrics():
+    from partlab.methods.registry import get_recipe
+
+    s = _session("motion", echo=False)
+    other = s.other("scops", steps=3, settings={"fit.progress": False, "fit.batch_size": 4})
+    assert other.method == "scops" and other.test is s.test and other.train_eval is s.train_eval
+    assert (other.seed, other.category, other.world, other.n_train, other.steps) == (s.seed, s.category, s.world, 8, 3)
+    assert other.size == s.size == 32 and other.recipe.model == get_recipe("scops", "quick").model   # its own recipe
+    with pytest.raises(ValueError, match="maskcontrast.*scenes"):
+        s.other("maskcontrast")
+    s.fit()
+    bench = s.benchmark({"motion": s.model}, masks=("rbd",), metrics=("fg_iou", "landmark_error"))
+    assert bench.metrics == ("fg_iou", "landmark_error")
+    assert set(bench.margins()) == {f"{b}.{m}" for b in ("kmeans (rbd)", "dff (rbd)") for m in bench.metrics}
+    assert bench.headline().startswith("motion: fg_iou ")

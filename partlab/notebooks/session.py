@@ -116,6 +116,35 @@ class Session:
             print(session.describe())
         return session
 
+    def other(self, method: str, *, steps: Optional[int] = None, settings: Optional[Mapping[str, Any]] = None,
+              echo: bool = False) -> "Session":
+        """A session of another registry method on this session's data: the same benchmark split (scored on the
+        same test images), seed, category, world, image size, features, device and training-set size, with ``method``'s own
+        quick recipe (``steps``, ``settings``: changes by dotted key, as for :func:`setup`). The motion notebook
+        trains SCOPS and contrastive discovery this way, to score them next to the motion model."""
+        from partlab import utils
+        from partlab.methods.registry import get_method
+
+        entry = get_method(method)
+        if (entry.data == "scenes") != self.scenes:          # part methods share the birds; scenes are scored apart
+            raise ValueError(f"{method!r} trains on {entry.data}, this session's method {self.method!r} on "
+                             f"{self.data}: they cannot share a benchmark split")
+        d = self.recipe.data
+        changes: dict = {"data.category": d.category, "data.world": d.world, "data.size": d.size,
+                         "fit.seed": self.seed, "data.n_train": self.n_train}
+        if getattr(entry.cls, "feature_role", ""):
+            changes["data.features"] = d.features
+        if steps is not None:
+            changes["fit.max_steps"] = int(steps)
+        recipe = entry.recipe("quick").override({**changes, **dict(settings or {})})
+        utils.seed_everything(self.seed)
+        model, train_set, info = recipe.build(device=self.device)
+        session = Session(entry.name, recipe, model, train_set, info, self.train_eval, self.test,
+                          info["fit"]["device"], self.quick, entry.data)
+        if echo:
+            print(session.describe())
+        return session
+
     @property
     def world(self) -> str:
         return self.recipe.data.world
