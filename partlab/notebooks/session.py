@@ -105,13 +105,16 @@ class Session:
         """The same session (data, benchmark split, seed, steps) with other recipe settings by dotted key,
         e.g. ``{"model.network": "standin_unet", "model.pretrained": True, "fit.lr": 1e-4}``: a fresh,
         untrained model to compare with this one after the same training."""
+        return self._built(self.method, self.recipe.override(dict(settings)), self.data, echo)
+
+    def _built(self, method: str, recipe, data: str, echo: bool) -> "Session":
+        """A fresh session of ``recipe`` (seeded with this session's seed) on this session's benchmark split."""
         from partlab import utils
 
-        recipe = self.recipe.override(dict(settings))
         utils.seed_everything(self.seed)
         model, train_set, info = recipe.build(device=self.device)
-        session = Session(self.method, recipe, model, train_set, info, self.train_eval, self.test,
-                          info["fit"]["device"], self.quick, self.data)
+        session = Session(method, recipe, model, train_set, info, self.train_eval, self.test,
+                          info["fit"]["device"], self.quick, data)
         if echo:
             print(session.describe())
         return session
@@ -122,7 +125,6 @@ class Session:
         same test images), seed, category, world, image size, features, device and training-set size, with ``method``'s own
         quick recipe (``steps``, ``settings``: changes by dotted key, as for :func:`setup`). The motion notebook
         trains SCOPS and contrastive discovery this way, to score them next to the motion model."""
-        from partlab import utils
         from partlab.methods.registry import get_method
 
         entry = get_method(method)
@@ -137,13 +139,7 @@ class Session:
         if steps is not None:
             changes["fit.max_steps"] = int(steps)
         recipe = entry.recipe("quick").override({**changes, **dict(settings or {})})
-        utils.seed_everything(self.seed)
-        model, train_set, info = recipe.build(device=self.device)
-        session = Session(entry.name, recipe, model, train_set, info, self.train_eval, self.test,
-                          info["fit"]["device"], self.quick, entry.data)
-        if echo:
-            print(session.describe())
-        return session
+        return self._built(entry.name, recipe, entry.data, echo)
 
     @property
     def world(self) -> str:
