@@ -55,9 +55,11 @@ class DataSpec:
             and held in memory. ``False`` (paper): computed on the fly on the device, at any scale.
         clip_motion: frame-pair methods (``motion``): the world's ``clip_motion``, the multiplier of the
             object's global drift between the two frames of a clip (1: the world's clips as they are).
+        clip_drift: ``"similarity"`` (the world's) or ``"translation"``: the clips' global drift without its
+            rotation and scale change.
         noise: the std of the training data's pixel noise, or ``None`` for the world's own (0.02 by default).
-            ``clip_motion`` and ``noise`` change the training data only; the evaluation splits are the
-            world's as named.
+            ``clip_motion``, ``clip_drift`` and ``noise`` change the training data only; the evaluation splits
+            are the world's as named.
         scene_objects: scene methods (``maskcontrast``): ``(lo, hi)`` objects per training scene.
     """
 
@@ -69,6 +71,7 @@ class DataSpec:
     features: str = "auto"
     cache: bool = True
     clip_motion: float = 1.0
+    clip_drift: str = "similarity"
     noise: Optional[float] = None
     scene_objects: tuple = (1, 3)
 
@@ -97,6 +100,10 @@ class DataSpec:
         if isinstance(motion, bool) or not isinstance(motion, (int, float)) or not 0 <= motion <= 8:
             raise ValueError(f"data.clip_motion must be a number in [0, 8], got {motion!r}")
         object.__setattr__(self, "clip_motion", float(motion))
+        from partlab.data.synthetic import CLIP_DRIFTS
+
+        if self.clip_drift not in CLIP_DRIFTS:
+            raise ValueError(f"data.clip_drift={self.clip_drift!r}; choose one of {list(CLIP_DRIFTS)}")
         noise = self.noise
         if noise is not None:
             if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 0.5:
@@ -110,11 +117,11 @@ class DataSpec:
         object.__setattr__(self, "scene_objects", tuple(objects))
 
     def world_config(self):
-        """The :class:`partlab.data.synthetic.SyntheticConfig` of ``world`` with this spec's ``clip_motion``
-        (and ``noise`` when set)."""
+        """The :class:`partlab.data.synthetic.SyntheticConfig` of ``world`` with this spec's ``clip_motion`` and
+        ``clip_drift`` (and ``noise`` when set)."""
         from partlab.data.synthetic import WORLDS
 
-        config = dataclasses.replace(WORLDS[self.world](), clip_motion=self.clip_motion)
+        config = dataclasses.replace(WORLDS[self.world](), clip_motion=self.clip_motion, clip_drift=self.clip_drift)
         return config if self.noise is None else dataclasses.replace(config, noise=self.noise)
 
 
@@ -253,6 +260,7 @@ class Recipe:
                                              if entry.data == "scenes" else d.category)
                  + (f" ({d.world} world)" if d.world != "default" else "")
                  + (f", clip motion x{d.clip_motion:g}" if d.clip_motion != 1 else "")
+                 + (f", {d.clip_drift} drift" if d.clip_drift != "similarity" else "")
                  + (f", pixel noise {d.noise:g}" if d.noise is not None else "") + f", {d.size} px, {d.n_train} images"
                  + (f"; features {d.features} ({'computed once, in memory' if d.cache else 'on the fly'})"
                     if features else ""),

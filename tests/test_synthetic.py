@@ -363,14 +363,44 @@ def test_clip_motion_scales_the_global_drift_only():
         SyntheticConfig(clip_motion=-1)
 
 
+def test_translation_drift_moves_the_still_object_rigidly_by_one_shift():
+    """clip_drift="translation": with the joints still (articulation 0) every landmark moves by the same vector;
+    the world's similarity drift turns and scales the object too; frame 0 does not depend on it."""
+    def spread(kind):
+        out = []
+        for i in range(6):
+            clip = render_clip("bird", i, frames=2, size=64,
+                               config={"clip_motion": 4.0, "articulation": 0.0, "clip_drift": kind})
+            v = clip["visible"][0] & clip["visible"][1]
+            moves = clip["landmarks"][1][v] - clip["landmarks"][0][v]
+            out.append((float(np.abs(moves - moves.mean(0)).max()), float(np.linalg.norm(moves.mean(0)))))
+        return np.array(out)
+
+    rigid, similar = spread("translation"), spread("similarity")
+    assert rigid[:, 0].max() < 1e-4 and rigid[:, 1].min() > 0.005     # one shift, and a real one
+    assert similar[:, 0].max() > 0.01                                  # rotation and scale: landmarks differ
+    a = render_clip("bird", 3, frames=2, size=48, config={"clip_drift": "translation"})
+    b = render_clip("bird", 3, frames=2, size=48)
+    assert np.array_equal(a["image"][0], b["image"][0]) and not np.array_equal(a["image"][1], b["image"][1])
+    with pytest.raises(ValueError, match="clip_drift"):
+        SyntheticConfig(clip_drift="affine")
+
+
 def test_recipe_clip_motion_reaches_the_clips():
     from partlab.recipes import DataSpec
 
     spec = DataSpec(clip_motion=3)
     assert spec.clip_motion == 3.0 and spec.world_config().clip_motion == 3.0
     assert DataSpec(world="varied").world_config().appearance == "varied"
+    assert DataSpec(clip_drift="translation").world_config().clip_drift == "translation"
+    assert DataSpec().world_config().clip_drift == "similarity"
     with pytest.raises(ValueError, match="clip_motion"):
         DataSpec(clip_motion=20)
+    with pytest.raises(ValueError, match="data.clip_drift"):
+        DataSpec(clip_drift="rotation")
+    from partlab.methods.registry import get_recipe
+
+    assert "translation drift" in get_recipe("motion", "quick").override({"data.clip_drift": "translation"}).describe()
 
 
 def test_recipe_noise_reaches_the_training_data_and_is_described():

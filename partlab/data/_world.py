@@ -458,13 +458,15 @@ def _smoothstep(t: float) -> float:
     return t * t * (3.0 - 2.0 * t)
 
 
-def trajectory(inst: _Instance, frames: int, rng: np.random.Generator, drift: float = 1.0) -> Tuple[List, List]:
+def trajectory(inst: _Instance, frames: int, rng: np.random.Generator, drift: float = 1.0,
+               kind: str = "similarity") -> Tuple[List, List]:
     """Joint states and global poses of one instance over ``frames`` frames.
 
     The clip is cut into segments of ``_SEGMENT`` frames; in each, one to three joints (coupled joints
     move together) travel smoothly (smoothstep) to a new random state while the others hold; the
     global pose drifts linearly by a small rotation, scale change and translation over the clip
-    (at most 6 degrees, 5 % and 0.06 normalised units, times ``drift``).
+    (at most 6 degrees, 5 % and 0.06 normalised units, times ``drift``). ``kind="translation"`` keeps
+    the translation only (the same draws, rotation and scale change set to none).
     """
     tpl = inst.tpl
     keys = list(range(0, frames - 1, _SEGMENT)) + [frames - 1]
@@ -475,6 +477,8 @@ def trajectory(inst: _Instance, frames: int, rng: np.random.Generator, drift: fl
     scale, theta, flip, tx, ty = inst.pose
     m = float(drift)
     drift = (1.0 + 0.05 * m * d.sym(), math.radians(6.0) * m * d.sym(), 0.06 * m * d.sym(), 0.06 * m * d.sym())
+    if kind == "translation":
+        drift = (1.0, 0.0, drift[2], drift[3])
     for a, b in zip(keys[:-1], keys[1:]):
         n_movers = 1 + (d() < 0.4) + (d() < 0.15)
         order = sorted(tpl.movable, key=lambda _: d())[:n_movers]

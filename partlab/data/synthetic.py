@@ -51,6 +51,8 @@ Difficulty knobs, :class:`SyntheticConfig` (default / ``.easy()`` / ``.hard()``)
     noise         0.02        std of additive Gaussian pixel noise      (0.0 / 0.05)
     clip_motion   1.0         clips only: multiplier of the global drift between frames (rotation
                               6 deg, scale 5 %, translation 0.06 at 1); 0 = only joints move
+    clip_drift    "similarity" clips only: "translation" keeps the drift's translation and drops its
+                              rotation and scale change (the same random draws otherwise)
     appearance    "typed"     "typed": each part type draws from its own colour candidates, so
                               colour largely names the part; "varied": each part's colours are drawn
                               independently of its type from every category's candidates (they can
@@ -131,7 +133,7 @@ from .. import utils
 from ._world import (MAX_DISTRACTORS, MAX_INSTANCES, MAX_OBJECTS, TEMPLATES, Scene, render_background,
                      render_composite, render_frame, sample_composite, sample_scene, trajectory)
 
-__all__ = ["APPEARANCES", "WORLDS", "CATEGORIES", "PART_NAMES", "LANDMARK_NAMES", "LANDMARK_PARTS", "SPLITS", "SyntheticConfig",
+__all__ = ["APPEARANCES", "CLIP_DRIFTS", "WORLDS", "CATEGORIES", "PART_NAMES", "LANDMARK_NAMES", "LANDMARK_PARTS", "SPLITS", "SyntheticConfig",
            "num_parts", "render", "render_clip", "render_scene", "SyntheticParts", "SyntheticClips",
            "SyntheticScenes"]
 
@@ -139,6 +141,7 @@ CATEGORIES: Tuple[str, ...] = tuple(TEMPLATES)      # ("bird", "quadruped", "fig
 SPLITS: Tuple[str, ...] = ("train", "val", "test")
 MIN_SIZE, MAX_SIZE = 16, 512
 APPEARANCES: Tuple[str, ...] = ("typed", "varied")
+CLIP_DRIFTS: Tuple[str, ...] = ("similarity", "translation")
 
 PART_NAMES: Dict[str, Tuple[str, ...]] = {c: t.parts for c, t in TEMPLATES.items()}
 LANDMARK_NAMES: Dict[str, Tuple[str, ...]] = {c: t.landmark_names for c, t in TEMPLATES.items()}
@@ -173,6 +176,7 @@ class SyntheticConfig:
     noise: float = 0.02
     appearance: str = "typed"
     clip_motion: float = 1.0
+    clip_drift: str = "similarity"
 
     def __post_init__(self) -> None:
         def number(name: str, lo: float, hi: float) -> None:
@@ -194,6 +198,8 @@ class SyntheticConfig:
             number(name, 0.0, 1.0)
         number("noise", 0.0, 0.5)
         number("clip_motion", 0.0, 8.0)
+        if self.clip_drift not in CLIP_DRIFTS:
+            raise ValueError(f"SyntheticConfig.clip_drift={self.clip_drift!r} must be one of {CLIP_DRIFTS}")
         if self.appearance not in APPEARANCES:
             raise ValueError(f"SyntheticConfig.appearance={self.appearance!r} must be one of {APPEARANCES}")
         count("distractors", 0, MAX_DISTRACTORS)
@@ -310,7 +316,8 @@ def render_clip(category: str, index: int, *, frames: int = 2, size: int = 64, s
     scene, size = _prepare(category, index, size, seed, split, config)
     frames = _check_int("frames", frames, 1)
     rng = np.random.default_rng([seed, SPLITS.index(split), scene.cat_code, scene.index, 1])
-    tracks = [trajectory(inst, frames, rng, drift=scene.cfg.clip_motion) for inst in scene.instances]
+    tracks = [trajectory(inst, frames, rng, drift=scene.cfg.clip_motion, kind=scene.cfg.clip_drift)
+              for inst in scene.instances]
     offsets = [scene.noise_offset] + rng.random(frames - 1).tolist()
     background = render_background(scene, size)
     out = [render_frame(scene, background, [tr[0][t] for tr in tracks], [tr[1][t] for tr in tracks], offsets[t], size)
