@@ -36,6 +36,8 @@ from partlab.train import TrainConfig
 RECIPE_FORMAT = "partlab.recipe/1"
 RECIPE_FILE = "recipe.json"
 SECTIONS = ("weights", "model", "data", "fit")
+# Networks whose backbone starts from torchvision's ImageNet ResNet-50 (DeepLab-v2 and DeepLab-v3).
+RESNET50_NETWORKS = ("deeplab", "deeplab_v3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,7 +311,7 @@ class Recipe:
         from partlab.methods.registry import get_method
 
         needed = [VGG19_Weights.IMAGENET1K_V1] if getattr(get_method(self.method).cls, "feature_role", "") else []
-        if self.model.get("network") == "deeplab":
+        if self.model.get("network") in RESNET50_NETWORKS and self.model.get("pretrained", True) is True:
             needed.append(ResNet50_Weights.IMAGENET1K_V1)
         missing = [pretrained.weights_path(w) for w in needed if not pretrained.weights_available(w)]
         if missing:

@@ -85,6 +85,16 @@ def test_a_paper_recipe_without_imagenet_weights_is_refused_in_one_line(tmp_path
     assert not out.exists()
 
 
+def test_the_maskcontrast_paper_recipe_needs_the_resnet50_weights_and_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))      # DeepLab-v3 starts from ResNet-50 too
+    out = tmp_path / "run"
+    assert cli.main(["train", "maskcontrast", "--recipe", "paper", "--steps", "2", "--device", "cpu",
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "resnet50-0676ba61.pth" in err and "--allow-random-init" in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--recipe", "fast"], "has no recipe 'fast'; choose one of ['quick', 'paper']"),
     (["--set", "fit.lr_typo=1"], "unknown recipe setting 'fit.lr_typo'"),

@@ -203,6 +203,36 @@ def test_cache_errors():
         cached_saliency([{"image": torch.rand(3, 8, 8)}], "oracle")
 
 
+def test_per_item_saliency_equals_the_cached_maps_and_runs_in_loader_workers():
+    from partlab.data.extras import WithSaliency
+
+    items = _items(4)
+    data = WithSaliency(items, "rbd")
+    cached = cached_saliency(items, "rbd")
+    assert len(data) == 4 and all(torch.equal(data[i]["saliency"], cached[i]) for i in range(4))
+    assert torch.equal(data[-1]["image"], items[3]["image"]) and "saliency" not in items[0]   # items untouched
+    loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=2)
+    assert torch.equal(torch.cat([b["saliency"] for b in loader]), cached)
+    assert torch.equal(WithSaliency(items, "oracle")[2]["saliency"], items[2]["fg"])
+    with pytest.raises(ValueError, match="already have 'image'"):
+        WithSaliency(items, "rbd", key="image")
+    with pytest.raises(ValueError, match="method"):
+        WithSaliency(items, "bogus")
+    with pytest.raises(ValueError, match="rbd' only"):
+        WithSaliency(items, "none", n_segments=9)
+
+
+def test_the_scops_paper_setup_computes_rbd_in_the_loader_not_in_the_loss():
+    from partlab.data.extras import WithSaliency
+    from partlab.methods.registry import get_recipe
+
+    recipe = get_recipe("scops", "paper").override({"allow_random_init": True, "data.size": 32, "data.n_train": 4,
+                                                    "model.network": "unet", "data.features": "rgb"})
+    model, dataset, info = recipe.build(device="cpu")
+    assert isinstance(dataset, WithSaliency) and model.saliency == "batch" and "data loader" in info["saliency"]
+    assert torch.equal(dataset[1]["saliency"], saliency_maps(dataset[1]["image"][None])[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # quality on the synthetic world
 # ---------------------------------------------------------------------------------------------

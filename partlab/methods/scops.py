@@ -414,7 +414,8 @@ def setup(recipe, device: str = "auto", run_dir=None):
     """``(model, train_dataset, info)`` for a SCOPS recipe (:mod:`partlab.recipes`). With ``data.cache``
     the features and saliency maps of every training image are computed once (quick mode; RBD maps
     cached on disk in ``run_dir`` when given); otherwise features come from the extractor on the fly
-    and RBD saliency is computed per batch on the device."""
+    and RBD saliency is computed per item by the data loader (:class:`partlab.data.extras.WithSaliency`), in
+    ``fit.num_workers`` processes."""
     from partlab.methods.base import quick_setup
     from partlab.saliency import cached_saliency
 
@@ -430,10 +431,17 @@ def setup(recipe, device: str = "auto", run_dir=None):
         path = None if run_dir is None or saliency != "rbd" else Path(run_dir) / "saliency_rbd.pt"
         extras = {"saliency": lambda dataset: cached_saliency(dataset, saliency, path=path)}
         model_settings = {"saliency": "batch"}
-    else:
-        extras, model_settings = {}, {"saliency": saliency}
-    return quick_setup(SCOPS, data.category, world=data.world_config(), size=data.size, n_train=data.n_train,
-                       seed=recipe.fit.seed,
-                       features=data.features, device=device, num_parts=num_parts, network=network,
-                       feature_size=None, quick_weights={}, quick_fit={}, extras=extras, settings=model_settings,
-                       model_kwargs={**weights, **settings}, describe={"saliency": saliency}, cache=data.cache)
+    else:                                      # RBD per item in the DataLoader's workers, not in the loss
+        extras, model_settings = {}, {"saliency": "batch" if saliency == "rbd" else saliency}
+    model, train, info = quick_setup(SCOPS, data.category, world=data.world_config(), size=data.size,
+                                     n_train=data.n_train, seed=recipe.fit.seed, features=data.features,
+                                     device=device, num_parts=num_parts, network=network, feature_size=None,
+                                     quick_weights={}, quick_fit={}, extras=extras, settings=model_settings,
+                                     model_kwargs={**weights, **settings}, describe={"saliency": saliency},
+                                     cache=data.cache)
+    if not data.cache and saliency == "rbd":
+        from partlab.data.extras import WithSaliency
+
+        train = WithSaliency(train, "rbd")
+        info["saliency"] = "rbd, computed per item in the data loader (fit.num_workers processes)"
+    return model, train, info
