@@ -85,6 +85,19 @@ def test_a_paper_recipe_without_imagenet_weights_is_refused_in_one_line(tmp_path
     assert not out.exists()
 
 
+@pytest.mark.parametrize("method", sorted(m for m in REGISTRY if "paper" in get_method(m).recipes))
+def test_every_paper_recipe_trains_a_step_on_the_cpu_with_its_own_networks(method, tmp_path, monkeypatch):
+    # the paper's networks and optimiser, shrunk in data only: a random ResNet-50 start where ImageNet is missing
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
+    recipe = get_recipe(method, "paper").override({"allow_random_init": True, "data.size": 128, "data.n_train": 4,
+                                                   "fit.batch_size": 2, "fit.max_steps": 1})
+    model, dataset, info = recipe.build(device="cpu")
+    fit(model, dataset, **dict(info["fit"], progress=False))
+    record = model.history[-1]
+    assert record["step"] == 1 and record["skipped"] == 0
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in record.items() if k not in ("step", "skipped"))
+
+
 def test_the_maskcontrast_paper_recipe_needs_the_resnet50_weights_and_says_so(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))      # DeepLab-v3 starts from ResNet-50 too
     out = tmp_path / "run"
