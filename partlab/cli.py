@@ -229,8 +229,24 @@ def _cmd_train(args) -> int:
         _check_data_size(recipe.data.n_train, recipe.data.size, "--n-train")
     _check_run_folder(out, args.resume)
     recipe.check_imagenet()
+    from partlab import distributed
+
+    if distributed.init_from_env(args.device):               # under torchrun: every process has checked
+        distributed.barrier()                                # the folder before rank 0 writes into it
+        if not distributed.is_main():
+            return _train_alongside(out, recipe, args)
     with _run_folder_kept_clean(out):
         return _train_into(out, recipe, args)
+
+
+def _train_alongside(out: Path, recipe, args) -> int:
+    """A torchrun process other than rank 0: the same model and data, trained in step with rank 0, which
+    alone writes the run folder and prints."""
+    from partlab.train import fit
+
+    model, dataset, info = recipe.build(device=args.device)
+    fit(model, dataset, **_fit_settings(info, args, out))
+    return 0
 
 
 def _train_into(out: Path, recipe, args) -> int:

@@ -28,6 +28,14 @@ interrupted and resumed from its checkpoint ends with bitwise the same weights a
 the data order needs no state, being a function of ``(seed, step)``). With worker processes, randomness
 drawn inside the workers restarts from the seed on resume. CUDA kernels are not all deterministic.
 
+Several processes (``torchrun``, :mod:`partlab.distributed`): each process trains on its own device, the
+loss step runs through one module wrapped in ``DistributedDataParallel`` (its forward returns
+``model.losses(batch)``, so gradients are averaged over the processes), each process takes its slice of
+every global batch of ``batch_size x world_size`` items (``batch_size`` is per process), a non-finite step
+is skipped by every process when it is non-finite in any, records average the terms over the processes, and
+rank 0 alone writes checkpoints, shows progress and calls ``callback``. A model with trainable parameters
+that some steps leave unused sets ``ddp_find_unused_parameters = True``.
+
 AMP: ``amp=True`` (or ``"fp16"``) autocasts to float16 with a ``GradScaler`` on CUDA and is a no-op with a
 warning elsewhere; ``amp="bf16"`` autocasts to bfloat16 (no scaler) on CUDA and CPU. Autocast wraps the
 network forward passes only: for the duration of the run :func:`fit` sets the method's ``amp_dtype``, which
@@ -54,7 +62,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from partlab import precision, utils
+from partlab import distributed, precision, utils
 
 _log = logging.getLogger(__name__)
 
@@ -167,18 +175,32 @@ class _ShuffledBatches(Sampler):
     ``(seed, e)``, in batches of ``batch_size`` (the incomplete last batch is dropped). Starts at batch
     number ``start`` of that stream, so a resumed run sees the batches an uninterrupted run would."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, rank: int = 0, world: int = 1) -> None:
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+        self.rank, self.world = rank, world              # several processes: this one's slice of each global batch
 
     def __iter__(self) -> Iterator[list[int]]:
-        per_epoch = self.n // self.batch_size
+        size = self.batch_size * self.world
+        per_epoch = self.n // size
         epoch, offset = divmod(self.start, per_epoch)
         while True:
             epoch_seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(epoch_seed)).tolist()
             for b in range(offset, per_epoch):
-                yield order[b * self.batch_size:(b + 1) * self.batch_size]
+                first = b * size + self.rank * self.batch_size
+                yield order[first:first + self.batch_size]
             epoch, offset = epoch + 1, 0
+
+
+class _LossStep(nn.Module):
+    """The module whose forward is the training step's losses, so that ``DistributedDataParallel`` wraps it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any) -> dict:
+        return self.model.losses(batch)
 
 
 def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None, **kwargs: Any) -> nn.Module:
@@ -200,14 +222,20 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
         raise TypeError(f"fit needs an nn.Module with a .losses(batch) -> dict method (the methods in "
                         f"partlab.methods have one); got {type(model).__name__}")
     n = _dataset_length(dataset)
+    distributed.init_from_env(cfg.device)
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
     batch_size = cfg.batch_size
+    if world > 1 and batch_size * world > n:
+        raise ValueError(f"{world} processes of batch_size={batch_size} need at least {batch_size * world} items, "
+                         f"but the dataset has {n}; lower batch_size (it is per process) or the process count")
     if batch_size > n:
         warnings.warn(f"batch_size={batch_size} is larger than the dataset ({n} items): every batch holds the "
                       f"whole dataset", stacklevel=2)
         batch_size = n
 
-    dev = utils.device(cfg.device)
-    utils.seed_everything(cfg.seed)
+    dev = distributed.local_device(cfg.device)
+    utils.seed_everything(cfg.seed if rank == 0 else cfg.seed + 100_003 * rank)   # own augmentations per process
     model.to(dev)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -233,13 +261,20 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
         scaler.load_state_dict(checkpoint["scaler"])
         _set_rng_state(checkpoint["rng"])
         step, history, seconds = checkpoint["step"], checkpoint["history"], checkpoint["seconds"]
+        if rank:                                          # the checkpoint holds rank 0's random state
+            utils.seed_everything(cfg.seed + 100_003 * rank + step)
         _log.info("resuming from %s at step %d", path, step)
     model.history = history
     if step >= cfg.max_steps:
         _log.info("%s is already at step %d >= max_steps=%d: nothing to train", path, step, cfg.max_steps)
         return model.eval()
 
-    loader = DataLoader(dataset, batch_sampler=_ShuffledBatches(n, batch_size, cfg.seed, step),
+    step_module: nn.Module = _LossStep(model)
+    if world > 1:
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)))
+    loader = DataLoader(dataset, batch_sampler=_ShuffledBatches(n, batch_size, cfg.seed, step, rank, world),
                         num_workers=cfg.num_workers, pin_memory=dev.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed))
     batches = iter(loader)
@@ -252,7 +287,7 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
     if network_amp:
         model.amp_dtype = autocast_dtype
     bar = utils.progress(total=cfg.max_steps, initial=step, desc=f"training {type(model).__name__}",
-                         enabled=cfg.progress)
+                         enabled=cfg.progress if main else False)
     try:
         while step < cfg.max_steps:
             batch = _to_device(next(batches), dev, cfg.channels_last)
@@ -260,9 +295,11 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             with contextlib.nullcontext() if network_amp else precision.autocast(dev, autocast_dtype):
-                terms = model.losses(batch)
+                terms = _run_step(step_module, batch, model)
             loss = _total_loss(terms)
             bad = [] if torch.isfinite(loss) else _nonfinite_terms(terms)
+            if world > 1 and distributed.any_rank(bool(bad), dev) and not bad:
+                bad = ["loss in another process"]                 # every process skips the step together
             if not bad:
                 scaler.scale(loss).backward()
                 for optimizer in optimizers:
@@ -291,15 +328,16 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
 
             if step % cfg.log_every == 0 or step == cfg.max_steps or failing:
                 record = {"step": step}
-                record.update({name: float(total) / finite_steps if finite_steps else math.nan
-                               for name, total in sums.items()})
+                record.update(distributed.mean_over_ranks(
+                    {name: float(total) / finite_steps if finite_steps else math.nan for name, total in sums.items()},
+                    dev))
                 record.update(lr=optimizers[0].param_groups[0]["lr"], seconds=time.perf_counter() - start,
                               skipped=skipped)
                 history.append(record)
                 sums, finite_steps = {}, 0
                 if "loss" in record:
                     bar.set_postfix(loss=f"{record['loss']:.4g}")
-                if cfg.callback is not None:
+                if cfg.callback is not None and main:
                     cfg.callback(step, record)
             if failing:
                 raise RuntimeError(f"{consecutive_bad} consecutive non-finite steps (up to step {step}); "
@@ -308,7 +346,9 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
             if step == cfg.max_steps and callable(getattr(model, "on_fit_end", None)):
                 model.on_fit_end(dataset)                 # e.g. MaskContrast's clusters; saved with the last step
             if path is not None and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
-                _save_checkpoint(path, model, optimizers, scaler, step, history, time.perf_counter() - start, cfg)
+                if main:
+                    _save_checkpoint(path, model, optimizers, scaler, step, history, time.perf_counter() - start, cfg)
+                distributed.barrier()                     # no process runs ahead of a checkpoint being written
     finally:
         bar.close()
         if network_amp:
@@ -435,6 +475,20 @@ def _to_device(batch: Any, dev: torch.device, channels_last: bool) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(value, dev, channels_last) for value in batch)
     return batch
+
+
+def _run_step(step_module: nn.Module, batch: Any, model: nn.Module) -> Any:
+    """``model.losses(batch)`` through the step module (DDP's wrapper under torchrun), with DDP's error about
+    parameters left without a gradient said in partlab's terms."""
+    try:
+        return step_module(batch)
+    except RuntimeError as exc:
+        if "Expected to have finished reduction" not in str(exc):
+            raise
+        raise RuntimeError(f"{type(model).__name__} has trainable parameters that the last step's losses did not "
+                           f"use, so DistributedDataParallel waited for their gradients: set "
+                           f"ddp_find_unused_parameters = True on the model (or freeze those parameters with "
+                           f"requires_grad_(False))") from exc
 
 
 def _set_learning_rates(optimizers: list[torch.optim.Optimizer], cfg: TrainConfig, step: int) -> None:
