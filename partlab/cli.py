@@ -564,7 +564,9 @@ def _add_train_parser(sub) -> None:
 
     train = sub.add_parser("train", help="train a method on the synthetic world into a run folder",
                            description="Train a method with one of its recipes (quick: CPU, minutes; paper: the "
-                                       "original's settings, for a GPU). The flags below are shortcuts for --set.")
+                                       "original's settings, for a GPU). The flags below are shortcuts for --set. "
+                                       "Several GPUs: torchrun --nproc_per_node N -m partlab.cli train ... "
+                                       "(--batch-size is then per process).")
     train.add_argument("method", choices=list(REGISTRY))
     train.add_argument("--recipe", default="quick", help="quick (default), paper, or a recipe.json file")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
