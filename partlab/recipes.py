@@ -36,6 +36,9 @@ from partlab.train import TrainConfig
 RECIPE_FORMAT = "partlab.recipe/1"
 RECIPE_FILE = "recipe.json"
 SECTIONS = ("weights", "model", "data", "fit")
+# DataLoader processes of the paper recipes (GPU runs): rendering and RBD saliency per item run beside the
+# training step, up to 8, no more than this machine's CPUs (recorded in each run's recipe.json).
+PAPER_NUM_WORKERS = min(8, os.cpu_count() or 1)
 # Networks whose backbone starts from torchvision's ImageNet ResNet-50 (DeepLab-v2 and DeepLab-v3).
 RESNET50_NETWORKS = ("deeplab", "deeplab_v3")
 

@@ -60,7 +60,8 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=("off", "fp16", "bf16"), default="off")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (fit.num_workers)")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (fit.num_workers; "
+                        "default: the recipe's, up to 8 in the paper recipes)")
     parser.add_argument("--data-batches", type=int, default=5, help="batches timed through the loader alone "
                         "(0: skip)")
     parser.add_argument("--json", default=None, help="append the numbers as one JSON line to this file")
@@ -79,9 +80,9 @@ def main() -> int:
     model, dataset, info = recipe.build(device=str(dev))
     settings = dict(info["fit"], max_steps=args.warmup + args.steps, checkpoint_dir=None, progress=False,
                     log_every=1, amp=False if args.amp == "off" else args.amp, channels_last=args.channels_last,
-                    num_workers=args.workers)
-    batch = settings["batch_size"]
-    data_rate = _data_rate(dataset, batch, args.workers, args.data_batches) if args.data_batches else math.nan
+                    num_workers=info["fit"]["num_workers"] if args.workers is None else args.workers)
+    batch, workers = settings["batch_size"], settings["num_workers"]
+    data_rate = _data_rate(dataset, batch, workers, args.data_batches) if args.data_batches else math.nan
     marks: dict = {"finite": True}
 
     def clock(step: int, record: dict) -> None:        # called after every step (log_every=1)
@@ -101,12 +102,12 @@ def main() -> int:
     memory = _peak_memory(dev)
     row = {"method": args.method, "recipe": recipe.name, "size": recipe.data.size, "batch": batch,
            "network": recipe.model.get("network", "default"), "amp": args.amp, "channels_last": args.channels_last,
-           "workers": args.workers, "device": utils.describe_device(dev), "torch": torch.__version__,
+           "workers": workers, "device": utils.describe_device(dev), "torch": torch.__version__,
            "s_per_step": seconds, "images_per_s": batch / seconds, "loader_images_per_s": data_rate,
            "memory": memory, "finite": marks["finite"], "skipped": marks["skipped"],
            "random_init": recipe.allow_random_init and recipe.imagenet, "last": marks["last"]}
     print(f"{args.method}/{recipe.name}: {recipe.data.size} px, batch {batch}, network {row['network']}, "
-          f"amp={args.amp}, channels_last={args.channels_last}, {args.workers} workers on {row['device']} "
+          f"amp={args.amp}, channels_last={args.channels_last}, {workers} workers on {row['device']} "
           f"({platform.machine()})")
     print(f"  {seconds:.3f} s/step ({batch / seconds:.1f} images/s; the loader alone {data_rate:.1f} images/s); "
           f"{memory}; loss terms finite: {marks['finite']} ({marks['skipped']} steps skipped)")

@@ -13,7 +13,8 @@ from partlab import distributed
 from partlab.methods.registry import REGISTRY
 from partlab.train import fit
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with Gloo")
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="needs torch.distributed with Gloo")
 
 
 class Linear(nn.Module):

@@ -3,6 +3,7 @@ folder, reloads, predicts and goes through `partlab train` / `partlab evaluate`;
 do not know, in one message."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -71,6 +72,7 @@ def test_the_paper_recipe_records_the_papers_optimiser_and_runs_on_the_cpu(tmp_p
     assert saved["fit"]["batch_size"] == 6 and saved["model"]["network"] == "deeplab"
     assert saved["weights"]["con"] == pytest.approx(10 / 6) and saved["allow_random_init"] is True
     assert saved["model"]["clip"] == 5.0 and saved["model"]["basis_lr"] == 0.01
+    assert saved["fit"]["num_workers"] == min(8, os.cpu_count())      # RBD and rendering beside the GPU step
     model_json = json.loads((out / "model.json").read_text())
     assert "random initialisation" in model_json["info"]["backbone"]
 

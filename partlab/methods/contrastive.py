@@ -285,14 +285,14 @@ def paper_recipe():
     256 px, batch 6, SGD lr 1e-5 (head x10), weight decay 5e-4, the true foreground, VGG19 relu3_2 x 0.33 +
     relu5_4 on the fly, ``f`` 5, ``c`` 2.3e3, ``v`` 30, ``e`` 5.7e3 (PASCAL: 5.7e4). The appendix gives no
     step count, momentum or schedule: SCOPS' (100k steps, momentum 0.9, poly 0.9), whose code it builds on."""
-    from partlab.recipes import DataSpec, Recipe
+    from partlab.recipes import PAPER_NUM_WORKERS, DataSpec, Recipe
     from partlab.train import TrainConfig
 
     weights = {"f": 5.0, "c": 2.3e3, "v": 30.0, "e": 5.7e3, "fg": 1.0}
     model = {"network": "deeplab", "pretrained": True, "num_parts": 4, "foreground": "fg", "clip": 5.0}
     fit = TrainConfig.from_kwargs(max_steps=100_000, batch_size=6, lr=1e-5, optimizer="sgd", momentum=0.9,
                                   weight_decay=5e-4, lr_schedule="poly", poly_power=0.9, log_every=100,
-                                  checkpoint_every=2000, seed=0)
+                                  checkpoint_every=2000, seed=0, num_workers=PAPER_NUM_WORKERS)
     return Recipe("contrastive", "paper", weights, model,
                   DataSpec(size=256, n_train=10_000, features="vgg19", cache=False), fit, imagenet=True)
 

@@ -330,13 +330,13 @@ def paper_recipe():
     0.5, contrastive and saliency weights 1, batch 64, 224 px views, Adam lr 1e-4 with weight decay 1e-4
     (the optimiser is partlab's reading of the original configuration; REFERENCE_NOTES does not state it),
     about 60 epochs of 10k images."""
-    from partlab.recipes import DataSpec, Recipe
+    from partlab.recipes import PAPER_NUM_WORKERS, DataSpec, Recipe
     from partlab.train import TrainConfig
 
     model = {"network": "deeplab_v3", "pretrained": True, "embedding_dim": 32, "queue_size": 128,
              "momentum": 0.999, "temperature": 0.5, "saliency_source": "world"}
     fit = TrainConfig.from_kwargs(max_steps=10_000, batch_size=64, lr=1e-4, weight_decay=1e-4, optimizer="adam",
-                                  log_every=100, checkpoint_every=1000, seed=0)
+                                  log_every=100, checkpoint_every=1000, seed=0, num_workers=PAPER_NUM_WORKERS)
     return Recipe("maskcontrast", "paper", {"maskcontrast": 1.0, "saliency": 1.0}, model,
                   DataSpec(size=224, n_train=10_000, features="rgb", cache=False), fit, imagenet=True)
 

@@ -367,13 +367,13 @@ def paper_recipe():
     VGG19 relu1_1 .. relu5_1 x 10 at 4 scales, equivariance x 10, Adam lr 2e-4 betas (0.5, 0.999), batch 20,
     about 10k steps. The original starts from a pretrained keypoint detector (first-order motion model),
     which partlab does not have: it starts from scratch, as the paper's own from-scratch experiment."""
-    from partlab.recipes import DataSpec, Recipe
+    from partlab.recipes import PAPER_NUM_WORKERS, DataSpec, Recipe
     from partlab.train import TrainConfig
 
     model = {"num_parts": 10, "scale": 0.25, "base_channels": 32, "depth": 5, "generator_channels": 64,
              "num_residual": 6}
     fit = TrainConfig.from_kwargs(max_steps=10_000, batch_size=20, lr=2e-4, optimizer="adam", betas=(0.5, 0.999),
-                                  log_every=100, checkpoint_every=1000, seed=0)
+                                  log_every=100, checkpoint_every=1000, seed=0, num_workers=PAPER_NUM_WORKERS)
     return Recipe("motion", "paper", dict(PAPER_WEIGHTS), model,
                   DataSpec(size=256, n_train=10_000, features="vgg19", cache=False), fit, imagenet=True)
 

@@ -84,12 +84,12 @@ def paper_recipe():
     """The supervised upper bound at the papers' scale: the DeepLab-v2 ResNet-50 of SCOPS from ImageNet at
     256 px, batch 6, with DeepLab-v2's own supervised schedule (SGD lr 2.5e-4, head x10, momentum 0.9,
     weight decay 5e-4, poly 0.9) for 20k steps. (No paper trains it; these are DeepLab's settings.)"""
-    from partlab.recipes import DataSpec, Recipe
+    from partlab.recipes import PAPER_NUM_WORKERS, DataSpec, Recipe
     from partlab.train import TrainConfig
 
     fit = TrainConfig.from_kwargs(max_steps=20_000, batch_size=6, lr=2.5e-4, optimizer="sgd", momentum=0.9,
                                   weight_decay=5e-4, lr_schedule="poly", poly_power=0.9, log_every=100,
-                                  checkpoint_every=2000, seed=0)
+                                  checkpoint_every=2000, seed=0, num_workers=PAPER_NUM_WORKERS)
     return Recipe("oracle", "paper", {}, {"network": "deeplab", "pretrained": True},
                   DataSpec(size=256, n_train=10_000, cache=False), fit, imagenet=True)
 

@@ -394,7 +394,7 @@ def paper_recipe():
     relu5_4 features computed on the fly, RBD saliency, and the original's effective weights on
     partlab's reductions (``con`` 10 / 6, ``eqv`` 1e3 / (K + 1), ``lmeqv`` 1e2, ``sc`` 1e4,
     ``orthonormal`` 0.1)."""
-    from partlab.recipes import DataSpec, Recipe
+    from partlab.recipes import PAPER_NUM_WORKERS, DataSpec, Recipe
     from partlab.train import TrainConfig
 
     weights = {"con": 10.0 / ORIGINAL_BATCH, "lmeqv": 1e2, "sc": 1e4, "orthonormal": 0.1}
@@ -402,7 +402,7 @@ def paper_recipe():
              "basis_lr": 0.01, "basis_momentum": 0.9, "basis_weight_decay": 5e-4, "basis_clip": 5.0}
     fit = TrainConfig.from_kwargs(max_steps=100_000, batch_size=6, lr=1e-5, optimizer="sgd", momentum=0.9,
                                   weight_decay=5e-4, lr_schedule="poly", poly_power=0.9, log_every=100,
-                                  checkpoint_every=2000, seed=0)
+                                  checkpoint_every=2000, seed=0, num_workers=PAPER_NUM_WORKERS)
     return Recipe("scops", "paper", weights, model, DataSpec(size=256, n_train=10_000, features="vgg19", cache=False),
                   fit, imagenet=True)
 
