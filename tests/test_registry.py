@@ -77,13 +77,18 @@ def test_the_paper_recipe_records_the_papers_optimiser_and_runs_on_the_cpu(tmp_p
     assert "random initialisation" in model_json["info"]["backbone"]
 
 
-def test_a_paper_recipe_without_imagenet_weights_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("method, weights_file", [
+    ("contrastive", "vgg19-dcbb9e9d.pth"),
+    ("maskcontrast", "resnet50-0676ba61.pth"),          # DeepLab-v3 starts from ResNet-50 too
+])
+def test_a_paper_recipe_without_imagenet_weights_is_refused_in_one_line(method, weights_file, tmp_path, capsys,
+                                                                        monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
     out = tmp_path / "run"
-    assert cli.main(["train", "contrastive", "--recipe", "paper", "--steps", "2", "--device", "cpu",
+    assert cli.main(["train", method, "--recipe", "paper", "--steps", "2", "--device", "cpu",
                      "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "vgg19-dcbb9e9d.pth" in err and "--allow-random-init" in err
+    assert len(err.splitlines()) == 1 and weights_file in err and "--allow-random-init" in err
     assert not out.exists()
 
 
@@ -98,16 +103,6 @@ def test_every_paper_recipe_trains_a_step_on_the_cpu_with_its_own_networks(metho
     record = model.history[-1]
     assert record["step"] == 1 and record["skipped"] == 0
     assert all(torch.isfinite(torch.tensor(v)) for k, v in record.items() if k not in ("step", "skipped"))
-
-
-def test_the_maskcontrast_paper_recipe_needs_the_resnet50_weights_and_says_so(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))      # DeepLab-v3 starts from ResNet-50 too
-    out = tmp_path / "run"
-    assert cli.main(["train", "maskcontrast", "--recipe", "paper", "--steps", "2", "--device", "cpu",
-                     "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "resnet50-0676ba61.pth" in err and "--allow-random-init" in err
-    assert not out.exists()
 
 
 @pytest.mark.parametrize("args, message", [
