@@ -62,6 +62,21 @@ def describe_device(dev: "str | torch.device" = "auto") -> str:
     return f"cpu ({torch.get_num_threads()} threads), torch {torch.__version__}"
 
 
+def peak_memory(dev: "str | torch.device" = "auto") -> str:
+    """The process's peak memory so far, for benchmarks to print: ``max_memory_allocated`` on CUDA, the peak
+    resident set size elsewhere (``ru_maxrss``: KiB on Linux, bytes on macOS; ``"peak RSS unknown"`` where
+    the platform has no ``resource`` module)."""
+    dev = device(dev)
+    if dev.type == "cuda":
+        return f"peak CUDA memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB"
+    try:
+        import resource
+    except ImportError:                                  # Windows
+        return "peak RSS unknown"
+    scale = 2**20 if sys.platform == "darwin" else 2**10
+    return f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / scale / 2**20:.2f} GiB"
+
+
 def module_device(module: torch.nn.Module, default: "torch.device | None" = None) -> "torch.device | None":
     """The device of a module's first buffer or parameter (``default`` when it has neither)."""
     for tensor in module.buffers():

@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import platform
-import resource
 import sys
 import time
 
@@ -41,13 +40,6 @@ def _data_rate(dataset, batch_size: int, workers: int, batches: int) -> float:
     for _ in range(batches):
         next(it)
     return batches * batch_size / (time.perf_counter() - start)
-
-
-def _peak_memory(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return f"peak CUDA memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB"
-    scale = 2**20 if sys.platform == "darwin" else 2**10     # ru_maxrss: bytes on macOS, KiB on Linux
-    return f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / scale / 2**20:.2f} GiB"
 
 
 def main() -> int:
@@ -99,7 +91,7 @@ def main() -> int:
 
     fit(model, dataset, callback=clock, **settings)
     seconds = (marks["end"] - marks["start"]) / args.steps
-    memory = _peak_memory(dev)
+    memory = utils.peak_memory(dev)
     row = {"method": args.method, "recipe": recipe.name, "size": recipe.data.size, "batch": batch,
            "network": recipe.model.get("network", "default"), "amp": args.amp, "channels_last": args.channels_last,
            "workers": workers, "device": utils.describe_device(dev), "torch": torch.__version__,

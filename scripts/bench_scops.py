@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import resource
 import sys
 import time
 
@@ -80,11 +79,7 @@ def main() -> int:
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - marks["start"]) / args.steps
-    if dev.type == "cuda":
-        memory = f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
-    else:
-        scale = 2**20 if sys.platform == "darwin" else 2**10     # ru_maxrss: bytes on macOS, KiB on Linux
-        memory = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / scale / 2**20:.2f} GiB"
+    memory = utils.peak_memory(dev)
     print(f"SCOPS {args.network} {args.size}px, batch {batch}, C={args.channels}, amp={args.amp}, "
           f"channels_last={args.channels_last} on {utils.describe_device(dev)} ({platform.machine()}):")
     print(f"  {seconds:.3f} s/step ({1 / seconds:.2f} steps/s, {batch / seconds:.1f} images/s); {memory}")

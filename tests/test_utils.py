@@ -113,3 +113,9 @@ def test_atomic_write_below_a_file_fails_before_writing(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OSError):
         utils.atomic_write_text(tmp_path / "file" / "scores.json", "{}")
+
+
+def test_peak_memory_reports_this_process_in_gib():
+    text = utils.peak_memory("cpu")
+    assert text.startswith("peak RSS ") and text.endswith(" GiB")
+    assert 0.01 < float(text.split()[2]) < 1024          # a Python process with torch holds tens of MiB at least
