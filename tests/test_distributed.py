@@ -1,7 +1,11 @@
 """Training in several processes (torchrun / DDP), run here as two CPU processes on the Gloo backend."""
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -47,9 +51,32 @@ def _free_port():
         return s.getsockname()[1]
 
 
+# Gloo talks over the loopback interface, whatever the machine's host name resolves to
+LOOPBACK = {"GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+DEADLINE_S = 300          # a run takes seconds here; past this a collective hangs, and the test says so
+
+
+def _environment(rank, world, port):
+    os.environ.update(LOOPBACK, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_PORT=str(port),
+                      OMP_NUM_THREADS="1")
+
+
+def _spawn(fn, args, world=2):
+    """``mp.spawn`` with a deadline: processes still running after DEADLINE_S are killed and the test fails."""
+    context = mp.spawn(fn, args=args, nprocs=world, join=False)
+    end = time.monotonic() + DEADLINE_S
+    try:
+        while not context.join(timeout=1.0):
+            if time.monotonic() > end:
+                pytest.fail(f"{world} processes still running after {DEADLINE_S} s: a collective hangs")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+
+
 def _worker(rank, world, port, out, make, settings):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    _environment(rank, world, port)
     torch.set_num_threads(1)
     try:
         model, dataset = make()
@@ -61,7 +88,7 @@ def _worker(rank, world, port, out, make, settings):
 
 
 def _run(tmp_path, make, world=2, **settings):
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), make, settings), nprocs=world)
+    _spawn(_worker, (world, _free_port(), str(tmp_path), make, settings), world)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
@@ -120,8 +147,7 @@ def _every_method():
 
 
 def _worker_every(rank, world, port, out):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    _environment(rank, world, port)
     torch.set_num_threads(1)
     try:
         states = {}
@@ -136,7 +162,7 @@ def _worker_every(rank, world, port, out):
 
 def test_every_method_trains_in_two_processes_with_one_set_of_weights(tmp_path):
     # two steps: DDP raises at the second if a method leaves a trainable parameter without a gradient
-    mp.spawn(_worker_every, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    _spawn(_worker_every, (2, _free_port(), str(tmp_path)))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert sorted(ranks[0]) == sorted(REGISTRY)
     for name in ranks[0]:
@@ -169,16 +195,22 @@ def test_a_half_set_torchrun_environment_is_one_clear_error(monkeypatch):
 
 
 def test_partlab_train_under_torchrun_writes_one_run_folder_from_rank_0(tmp_path):
-    import subprocess
-    import sys
-
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PARTLAB_PROGRESS="0")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(_free_port()), "-m", "partlab.cli", "train", "oracle", "--size", "32",
-                           "--n-train", "8", "--steps", "2", "--batch-size", "2", "--device", "cpu", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("wrote ") == 1 and done.stdout.count("recipe oracle/quick") == 1
+    env = dict(os.environ, OMP_NUM_THREADS="1", PARTLAB_PROGRESS="0", **LOOPBACK)
+    # a session of its own: on a hang, the agent and both ranks (which hold the pipes) are killed together
+    agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                              "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "partlab.cli",
+                              "train", "oracle", "--size", "32", "--n-train", "8", "--steps", "2", "--batch-size", "2",
+                              "--device", "cpu", "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True)
+    try:
+        stdout, stderr = agent.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(agent.pid, signal.SIGKILL)
+        stdout, stderr = agent.communicate()
+        pytest.fail(f"torchrun still running after {DEADLINE_S} s:\n{stderr[-2000:]}")
+    assert agent.returncode == 0, stderr[-2000:]
+    assert stdout.count("wrote ") == 1 and stdout.count("recipe oracle/quick") == 1
     assert sorted(p.name for p in out.iterdir()) == ["last.pt", "model.json", "recipe.json"]
     assert torch.load(out / "last.pt", weights_only=False)["step"] == 2
