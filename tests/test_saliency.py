@@ -211,7 +211,9 @@ def test_per_item_saliency_equals_the_cached_maps_and_runs_in_loader_workers():
     cached = cached_saliency(items, "rbd")
     assert len(data) == 4 and all(torch.equal(data[i]["saliency"], cached[i]) for i in range(4))
     assert torch.equal(data[-1]["image"], items[3]["image"]) and "saliency" not in items[0]   # items untouched
-    loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=2, timeout=120)
+    # workers from a fresh single-threaded server: a fork of this test process (which holds threads) can deadlock
+    loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=2, timeout=120,
+                                         multiprocessing_context="forkserver")
     assert torch.equal(torch.cat([b["saliency"] for b in loader]), cached)
     assert torch.equal(WithSaliency(items, "oracle")[2]["saliency"], items[2]["fg"])
     with pytest.raises(ValueError, match="already have 'image'"):
