@@ -41,10 +41,11 @@ browser:
 	fi
 
 ## test: unit tests + a papermill run of every notebook in quick mode + the widgets in headless Chromium
-## (TEST_WORKERS pytest processes of one thread each: 2 suits 2 cores; more cores, more workers)
+## (TEST_WORKERS pytest processes of one thread each: 2 suits 2 cores; more cores, more workers; a worker that
+## crashes ends the run with its test named, since xdist 3.8 waits forever for a replaced one under loadgroup)
 TEST_WORKERS ?= 2
 test: setup browser
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --max-worker-restart 0
 
 ## lab: JupyterLab on the notebooks
 lab: setup
