@@ -4,6 +4,9 @@ On the synthetic world's *validation* split (never test), for each layer of the 
 K-means and DFF part maps with the true foreground mask, scored by pooled FG-ARI (part identities
 shared across instances) and per-image FG-ARI (segmentation within each image), and a linear probe
 of the true part labels from the frozen features (a diagnostic only: no method sees part labels).
+Then, on the features contrastive discovery reads (its layer roles), what L_c can teach: its value on
+the true parts, on the true parts renamed per image, and at collapse, where training starts
+(``partlab.losses.contrastive_reference_values``; batches of 8, temperature 0.19).
 
     python scripts/probe_features.py                                  # the default stand-in, both worlds
     python scripts/probe_features.py --standin data/standin/standin_v1.pt --world varied --n 200
@@ -48,6 +51,24 @@ def probe(extractor, world: str, category: str, n: int, size: int, layers, seed:
     return rows
 
 
+def lc_reference(extractor, world: str, category: str, n: int, size: int, seed: int = 0) -> dict:
+    """L_c on the true, renamed and collapsed parts of the validation images (the contrastive layers)."""
+    import torch.nn.functional as F
+
+    from partlab.data import SyntheticParts, stack_dataset
+    from partlab.data.synthetic import num_parts
+    from partlab.features import extract_features
+    from partlab.losses import contrastive_reference_values
+
+    val = stack_dataset(SyntheticParts(category, size=size, length=n, seed=seed, split="val", config=world))
+    parts = F.one_hot(val["parts"].long(), num_parts(category) + 1).permute(0, 3, 1, 2)[:, 1:].float()
+    feats = extract_features(extractor, val["image"], layers="contrastive")
+    feats = F.interpolate(feats, size=parts.shape[-2:], mode="bilinear", align_corners=False)
+    ref = contrastive_reference_values(feats, parts, val["fg"], batch_size=8, temperature=0.19, batches=200,
+                                       seed=seed)
+    return {key: round(v, 3) for key, v in ref.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--standin", default=None, help="a stand-in file (default: the shipped one)")
@@ -74,6 +95,10 @@ def main(argv=None) -> int:
         print(f"{'layer':10s}" + "".join(f"{c:>14s}" for c in cols))
         for layer, row in table[world].items():
             print(f"{layer:10s}" + "".join(f"{row[c]:14.3f}" for c in cols))
+        ref = lc_reference(extractor, world, args.category, args.n, args.size)
+        table[world]["L_c"] = ref
+        print(f"L_c on the contrastive layers: true parts {ref['true']:.3f}, renamed per image "
+              f"{ref['permuted']:.3f}, collapsed {ref['collapsed']:.3f} (training starts there)")
     print(f"({time.time() - start:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1) + "\n")

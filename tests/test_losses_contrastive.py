@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from partlab.geometry import identity_warp, random_warp, similarity_warp, warp_images
 from partlab.losses import (
+    contrastive_reference_values,
     cross_image_similarity,
     masked_equivariance_loss,
     part_consistency_loss,
@@ -262,3 +263,41 @@ def test_cross_image_similarity_hand_values():
     assert torch.allclose(cross_image_similarity(z), brute, atol=1e-6)
     with pytest.raises(ValueError, match="B >= 2"):
         cross_image_similarity(torch.randn(1, 3, 5))
+
+
+def _labelled(n=6, k=3, size=8, seed=0):
+    """n images whose pixels carry part labels 0..k-1 in vertical bands (shifted per image), all foreground."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.stack([(torch.arange(size)[None, :].expand(size, size) * k // size + int(torch.randint(0, k, (1,),
+                          generator=g))) % k for _ in range(n)])
+    parts = F.one_hot(labels, k).permute(0, 3, 1, 2).float()                   # (n, k, size, size)
+    return parts, torch.ones(n, size, size)
+
+
+def test_reference_values_hand_value_for_features_that_name_the_part():
+    parts, fg = _labelled()
+    # features = the part's one-hot code: every prototype of part i is e_i in every image
+    ref = contrastive_reference_values(parts.clone(), parts, fg, batch_size=4, temperature=0.19, batches=5)
+    b, k = 4, 3
+    assert ref["collapsed"] == pytest.approx(math.log(1 + b * (k - 1)))
+    assert ref["true"] == pytest.approx(math.log(1 + b * (k - 1) * math.exp(-1 / 0.19)), rel=1e-5)
+    assert ref["permuted"] > ref["collapsed"] > ref["true"]
+
+
+def test_reference_values_are_all_at_collapse_for_features_that_carry_nothing():
+    parts, fg = _labelled()
+    constant = torch.ones(parts.shape[0], 5, *parts.shape[-2:])
+    ref = contrastive_reference_values(constant, parts, fg, batch_size=3, batches=4)
+    assert ref["true"] == pytest.approx(ref["collapsed"]) and ref["permuted"] == pytest.approx(ref["collapsed"])
+
+
+def test_reference_values_refuse_what_they_cannot_measure():
+    parts, fg = _labelled()
+    with pytest.raises(ValueError, match="K >= 2"):
+        contrastive_reference_values(parts[:, :1], parts[:, :1], fg)
+    with pytest.raises(ValueError, match="batch_size"):
+        contrastive_reference_values(parts, parts, fg, batch_size=7)
+    with pytest.raises(ValueError, match="foreground mask"):
+        contrastive_reference_values(parts, parts, None)
+    with pytest.raises(ValueError, match="upsample"):
+        contrastive_reference_values(parts[..., :4, :4], parts, fg)

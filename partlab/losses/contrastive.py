@@ -27,6 +27,7 @@ Non-finite inputs are not checked (no device syncs in a training step): they giv
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -35,8 +36,8 @@ import torch.nn.functional as F
 from partlab.geometry import Warp, warp_images
 from partlab.precision import float32
 
-__all__ = ["cross_image_similarity", "masked_equivariance_loss", "part_consistency_loss", "part_contrastive_loss",
-           "part_prototypes", "rgb_to_lab"]
+__all__ = ["contrastive_reference_values", "cross_image_similarity", "masked_equivariance_loss",
+           "part_consistency_loss", "part_contrastive_loss", "part_prototypes", "rgb_to_lab"]
 
 MEAN_EPS = 1e-5        # part means and the per-image normaliser of L_f / L_v (the original's 1e-5)
 PROTOTYPE_EPS = 1e-7   # part prototypes for L_c (the original's 1e-7)
@@ -232,6 +233,55 @@ def cross_image_similarity(prototypes: torch.Tensor) -> torch.Tensor:
     b = z.shape[0]
     total = torch.einsum("aic,bjc->ij", z, z) - torch.einsum("aic,ajc->ij", z, z)   # all pairs minus a == b
     return total / (b * (b - 1))
+
+
+@torch.no_grad()
+def contrastive_reference_values(features: torch.Tensor, parts: torch.Tensor, fg: torch.Tensor, *,
+                                 batch_size: int = 8, temperature: float = 0.19, batches: int = 100,
+                                 seed: int = 0) -> dict[str, float]:
+    """How much L_c can teach with these features (a diagnostic; no method sees part labels).
+
+    L_c averaged over ``batches`` random batches of ``batch_size`` images (``positives="all"``) at three
+    part assignments: ``"true"``, the true parts; ``"permuted"``, the true parts renamed by a fresh
+    permutation in every image (segments right, identities not shared); ``"collapsed"``, every part the
+    same (all prototypes equal), where L_c is ``ln(1 + B(K - 1))``, the value it starts from. Training
+    can only pull the parts towards shared identities if ``"true"`` lies clearly below ``"collapsed"``
+    and ``"permuted"``.
+
+    Args:
+        features: ``(N, C, H, W)`` features at the parts' size (foreground-masked here).
+        parts: ``(N, K, H, W)`` true part maps (one-hot or soft), K >= 2.
+        fg: ``(N, H, W)`` or ``(N, 1, H, W)`` foreground mask.
+        batch_size: B >= 2 and <= N; temperature: as in :func:`part_contrastive_loss`.
+
+    Returns:
+        ``{"true", "permuted", "collapsed"}`` in nats.
+    """
+    if isinstance(parts, torch.Tensor):
+        parts = parts.float()
+    fg = _check_parts_fg(parts, fg)
+    if fg is None:
+        raise ValueError("contrastive_reference_values needs the foreground mask fg (N, H, W)")
+    _check_values(features, parts, "features")
+    n, k = parts.shape[:2]
+    if k < 2:
+        raise ValueError(f"contrastive_reference_values needs K >= 2 parts, got {k}")
+    if not 2 <= batch_size <= n:
+        raise ValueError(f"batch_size must be in [2, N = {n}], got {batch_size}")
+    if batches < 1:
+        raise ValueError(f"batches must be >= 1, got {batches}")
+    generator = torch.Generator().manual_seed(seed)
+    renamed = torch.stack([parts[i, torch.randperm(k, generator=generator)] for i in range(n)])
+    features = features.float() * fg
+    totals = {"true": 0.0, "permuted": 0.0}
+    for _ in range(batches):
+        idx = torch.randperm(n, generator=generator)[:batch_size]
+        for name, assignment in (("true", parts), ("permuted", renamed)):
+            prototypes = part_prototypes(assignment[idx], features[idx], fg[idx])
+            totals[name] += float(part_contrastive_loss(prototypes, temperature, positives="all"))
+    out = {name: total / batches for name, total in totals.items()}
+    out["collapsed"] = math.log(1 + batch_size * (k - 1))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
