@@ -6,7 +6,7 @@ shared across instances) and per-image FG-ARI (segmentation within each image), 
 of the true part labels from the frozen features (a diagnostic only: no method sees part labels).
 Then, on the features contrastive discovery reads (its layer roles), what L_c can teach: its value on
 the true parts, on the true parts renamed per image, and at collapse, where training starts
-(``partlab.losses.contrastive_reference_values``; batches of 8, temperature 0.19).
+(``partlab.losses.contrastive.contrastive_reference_values``; batches of 8, temperature 0.19).
 
     python scripts/probe_features.py                                  # the default stand-in, both worlds
     python scripts/probe_features.py --standin data/standin/standin_v1.pt --world varied --n 200
@@ -58,7 +58,7 @@ def lc_reference(extractor, world: str, category: str, n: int, size: int, seed: 
     from partlab.data import SyntheticParts, stack_dataset
     from partlab.data.synthetic import num_parts
     from partlab.features import extract_features
-    from partlab.losses import contrastive_reference_values
+    from partlab.losses.contrastive import contrastive_reference_values
 
     val = stack_dataset(SyntheticParts(category, size=size, length=n, seed=seed, split="val", config=world))
     parts = F.one_hot(val["parts"].long(), num_parts(category) + 1).permute(0, 3, 1, 2)[:, 1:].float()

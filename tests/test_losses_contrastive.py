@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from partlab.geometry import identity_warp, random_warp, similarity_warp, warp_images
 from partlab.losses import (
-    contrastive_reference_values,
     cross_image_similarity,
     masked_equivariance_loss,
     part_consistency_loss,
@@ -17,6 +16,7 @@ from partlab.losses import (
     part_prototypes,
     rgb_to_lab,
 )
+from partlab.losses.contrastive import contrastive_reference_values  # a diagnostic, not a loss
 
 
 def _naive_consistency(parts, values, fg):

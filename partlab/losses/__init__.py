@@ -15,7 +15,6 @@ and the reduction.
 """
 
 from partlab.losses.contrastive import (
-    contrastive_reference_values,
     cross_image_similarity,
     masked_equivariance_loss,
     part_consistency_loss,
@@ -42,7 +41,6 @@ from partlab.losses.scops import (
 __all__ = [
     "balanced_bce_loss",
     "concentration_loss",
-    "contrastive_reference_values",
     "cross_image_similarity",
     "equivariance_affine_loss",
     "equivariance_center_loss",
