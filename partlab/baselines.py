@@ -326,13 +326,13 @@ def position_features(fg: torch.Tensor, coords: str = "object", images: Optional
         raise ValueError(f"coords={coords!r}; choose one of {POSITION_COORDS}")
     fg = _prepare_fg(fg, len(fg))
     n, _, h, w = fg.shape
-    grid = pixel_grid(h, w).permute(2, 0, 1)[None].expand(n, 2, h, w)       # (N, 2, H, W) normalised (x, y)
+    grid = pixel_grid(h, w, device=fg.device).permute(2, 0, 1)[None].expand(n, 2, h, w)  # (N, 2, H, W) normalised (x, y)
     if coords == "xy":
         return grid.clone()
     if coords == "rgbxy":
         if images is None:
             raise ValueError("coords='rgbxy' needs the images (N, 3, H, W) in [0, 1]")
-        images = torch.as_tensor(images).float().cpu()
+        images = torch.as_tensor(images).float().to(fg.device)
         if images.shape != (n, 3, h, w):
             raise ValueError(f"images must have shape {(n, 3, h, w)} to match fg {tuple(fg.shape)}, "
                              f"got {tuple(images.shape)}")

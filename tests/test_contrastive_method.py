@@ -158,3 +158,47 @@ def test_nan_features_skip_the_step():
 
 def test_registered_for_run_folders():
     assert METHODS["ContrastiveParts"] is ContrastiveParts
+
+
+def test_contrast_features_standardise_over_the_foreground_and_add_the_position_on_the_object():
+    from partlab.baselines import position_features
+    from partlab.methods.contrastive import contrast_features
+
+    batch = _batch(3)
+    fg = batch["fg"]
+    feats = torch.nn.functional.interpolate(batch["features"], size=(S, S)) * fg
+    assert contrast_features(feats, fg, "features") is feats                     # the paper's: as they are
+    out = contrast_features(feats, fg, "standardised")
+    inside = fg.expand_as(out).bool()
+    values = out.permute(1, 0, 2, 3)[inside.permute(1, 0, 2, 3)].reshape(C, -1)
+    torch.testing.assert_close(values.mean(1), torch.zeros(C), atol=1e-5, rtol=0)
+    torch.testing.assert_close(values.pow(2).mean(1), torch.ones(C), atol=1e-4, rtol=0)
+    assert (out[~inside] == 0).all()
+    # a positive scale and a shift per channel change nothing
+    affine = feats * torch.arange(1, C + 1.0)[None, :, None, None] + 5.0
+    torch.testing.assert_close(contrast_features(affine * fg, fg, "standardised"), out, atol=1e-4, rtol=0)
+    both = contrast_features(feats, fg, "standardised+position")
+    assert both.shape == (3, C + 2, S, S)
+    torch.testing.assert_close(both[:, :C], out)
+    torch.testing.assert_close(both[:, C:], math.sqrt(C / 2) * position_features(fg, "object") * fg)
+    with pytest.raises(ValueError, match="choose one of"):
+        contrast_features(feats, fg, "whitened")
+    with pytest.raises(ValueError, match="contrast_features='whitened'"):
+        _model(contrast_features="whitened")
+
+
+@pytest.mark.parametrize("mode", ["standardised", "standardised+position"])
+def test_contrast_features_change_only_l_c_and_stay_finite_with_an_empty_foreground(mode):
+    batch = _batch(3)
+    batch["fg"][1] = 0                                                          # one image without an object
+    torch.manual_seed(1)
+    plain = _model().losses(batch)
+    torch.manual_seed(1)
+    model = _model(contrast_features=mode)
+    out = model.losses(batch)
+    assert all(torch.isfinite(v) for v in out.values())
+    assert out["c"].item() != pytest.approx(plain["c"].item())
+    for term in ("f", "v", "fg"):
+        assert out[term].item() == pytest.approx(plain[term].item(), rel=1e-6), term
+    out["loss"].backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())

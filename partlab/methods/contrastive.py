@@ -36,6 +36,7 @@ its Lab values.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Union
 
 import torch
@@ -53,8 +54,8 @@ from partlab.losses import (
 from partlab.methods.base import FrozenFeatures, PartSegmenter, batch_map, check_images
 from partlab.models import build_network
 
-__all__ = ["CONTRASTIVE_ABLATIONS", "ContrastiveParts", "QUICK_FIT", "QUICK_WEIGHTS", "RECIPES",
-           "contrastive_quick_setup", "setup"]
+__all__ = ["CONTRAST_FEATURES", "CONTRASTIVE_ABLATIONS", "ContrastiveParts", "QUICK_FIT", "QUICK_WEIGHTS", "RECIPES",
+           "contrast_features", "contrastive_quick_setup", "setup"]
 
 FOREGROUND_CHOICES = ("fg", "saliency")
 
@@ -67,6 +68,39 @@ CONTRASTIVE_ABLATIONS: dict[str, dict[str, Any]] = {
     "no_v": {"v": 0.0},
     "no_e": {"e": 0.0},
 }
+
+
+CONTRAST_FEATURES = ("features", "standardised", "standardised+position")
+
+
+def contrast_features(features: torch.Tensor, fg: torch.Tensor, mode: str = "features") -> torch.Tensor:
+    """The per-pixel values whose part means are L_c's prototypes (``ContrastiveParts(contrast_features=)``).
+
+    Args:
+        features: ``(B, C, H, W)``; fg: ``(B, 1, H, W)`` foreground in [0, 1]; mode: one of
+            :data:`CONTRAST_FEATURES`.
+
+    Returns:
+        ``features`` for ``"features"``; otherwise each channel standardised over the batch's foreground
+        pixels (``(f - mean) / std``, std at least 1e-6), with ``sqrt(C / 2)`` times the pixel's position on
+        its object appended for ``"standardised+position"`` (``(B, C + 2, H, W)``), masked by ``fg``.
+    """
+    if mode == "features":
+        return features
+    if mode not in CONTRAST_FEATURES:
+        raise ValueError(f"contrast_features={mode!r}; choose one of {CONTRAST_FEATURES}")
+    from partlab.baselines import position_features
+
+    weight = fg.expand_as(features)
+    count = weight.sum(dim=(0, 2, 3)).clamp_min(1.0)                              # (C,)
+    mean = (features * weight).sum(dim=(0, 2, 3)) / count
+    centred = features - mean[None, :, None, None]
+    std = ((centred ** 2 * weight).sum(dim=(0, 2, 3)) / count).sqrt().clamp_min(1e-6)
+    out = centred / std[None, :, None, None]
+    if mode == "standardised+position":
+        position = position_features(fg, "object").to(out.dtype)                  # (B, 2, H, W)
+        out = torch.cat([out, math.sqrt(out.shape[1] / 2) * position], dim=1)
+    return out * fg
 
 
 class ContrastiveParts(FrozenFeatures, PartSegmenter):
@@ -84,6 +118,13 @@ class ContrastiveParts(FrozenFeatures, PartSegmenter):
         lambda_f, lambda_c, lambda_v, lambda_e, lambda_fg: term weights (module docstring); 0 removes
             a term (not computed, not in the dict).
         temperature: of L_c (0.19).
+        contrast_features: what L_c's prototypes average: ``"features"`` (the CNN features as they are, the
+            paper's), ``"standardised"`` (each channel standardised over the batch's foreground pixels: the
+            stand-in's ReLU features all point one way, so raw prototypes of different parts are nearly
+            parallel) or ``"standardised+position"`` (plus the pixel's position on its object,
+            :func:`partlab.baselines.position_features`, weighted ``sqrt(C / 2)`` so its two channels carry
+            as much variance as the C standardised ones). partlab's addition for features that do not name
+            parts (README, "Co-parts"); statistics are per batch (per process under DDP).
         warp, jitter: :func:`partlab.geometry.random_warp` / :func:`~partlab.geometry.color_jitter`
             keyword arguments or preset names (default ``"contrastive"``).
         clip: gradient-norm clip (5, as in the original).
@@ -111,15 +152,18 @@ class ContrastiveParts(FrozenFeatures, PartSegmenter):
                  lambda_f: float = 5.0, lambda_c: float = 2.3e3, lambda_v: float = 30.0, lambda_e: float = 5.7e3,
                  lambda_fg: float = 1.0, temperature: float = 0.19, warp: Union[str, dict] = "contrastive",
                  jitter: Union[str, dict] = "contrastive", clip: Optional[float] = 5.0,
-                 **network_kwargs: Any) -> None:
+                 contrast_features: str = "features", **network_kwargs: Any) -> None:
         super().__init__(num_parts)
         self.weights = self.check_weights({"f": lambda_f, "c": lambda_c, "v": lambda_v, "e": lambda_e, "fg": lambda_fg})
         if foreground not in FOREGROUND_CHOICES:
             raise ValueError(f"foreground={foreground!r}; choose one of {FOREGROUND_CHOICES}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if contrast_features not in CONTRAST_FEATURES:
+            raise ValueError(f"contrast_features={contrast_features!r}; choose one of {CONTRAST_FEATURES}")
         self.foreground = foreground
         self.temperature = float(temperature)
+        self.contrast_features = contrast_features
         self.warp_kwargs = warp_preset(warp) if isinstance(warp, str) else dict(warp)
         self.jitter_kwargs = jitter_preset(jitter) if isinstance(jitter, str) else dict(jitter)
         self.clip = clip
@@ -170,7 +214,7 @@ class ContrastiveParts(FrozenFeatures, PartSegmenter):
                 if images.shape[0] < 2:
                     raise ValueError("L_c contrasts parts across images: train with batch_size >= 2 "
                                      "(or lambda_c=0)")
-                prototypes = part_prototypes(parts, features, fg)                     # (B, K, C)
+                prototypes = part_prototypes(parts, contrast_features(features, fg, self.contrast_features), fg)
                 terms["c"] = part_contrastive_loss(prototypes, self.temperature)
         if w["v"] > 0:
             lab = rgb_to_lab(images)
