@@ -25,13 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 
-def probe(extractor, world: str, category: str, n: int, size: int, layers, seed: int = 0) -> dict:
+def validation(world: str, category: str, n: int, size: int, seed: int = 0) -> dict:
+    """The ``n`` validation images of ``world``, stacked (what both probes read)."""
+    from partlab.data import SyntheticParts, stack_dataset
+
+    return stack_dataset(SyntheticParts(category, size=size, length=n, seed=seed, split="val", config=world))
+
+
+def probe(extractor, val: dict, world: str, category: str, n: int, size: int, layers, seed: int = 0) -> dict:
     from partlab import baselines, metrics
     from partlab.data import SyntheticParts, stack_dataset
     from partlab.data.synthetic import num_parts
     from partlab.features import extract_features
 
-    val = stack_dataset(SyntheticParts(category, size=size, length=n, seed=seed, split="val", config=world))
     probe_train = stack_dataset(SyntheticParts(category, size=size, length=n, seed=seed + 1, split="train",
                                                config=world))
     k = num_parts(category)
@@ -51,17 +57,16 @@ def probe(extractor, world: str, category: str, n: int, size: int, layers, seed:
     return rows
 
 
-def lc_reference(extractor, world: str, category: str, n: int, size: int, seed: int = 0) -> dict:
+def lc_reference(extractor, val: dict, category: str, seed: int = 0) -> dict:
     """L_c on the true, renamed and collapsed parts of the validation images (the contrastive layers)."""
     import torch.nn.functional as F
 
-    from partlab.data import SyntheticParts, stack_dataset
+    from partlab.data import one_hot_parts
     from partlab.data.synthetic import num_parts
     from partlab.features import extract_features
     from partlab.losses.contrastive import contrastive_reference_values
 
-    val = stack_dataset(SyntheticParts(category, size=size, length=n, seed=seed, split="val", config=world))
-    parts = F.one_hot(val["parts"].long(), num_parts(category) + 1).permute(0, 3, 1, 2)[:, 1:].float()
+    parts = one_hot_parts(val["parts"], num_parts(category))[:, 1:]
     feats = extract_features(extractor, val["image"], layers="contrastive")
     feats = F.interpolate(feats, size=parts.shape[-2:], mode="bilinear", align_corners=False)
     ref = contrastive_reference_values(feats, parts, val["fg"], batch_size=8, temperature=0.19, batches=200,
@@ -88,14 +93,15 @@ def main(argv=None) -> int:
     start = time.time()
     table = {}
     for world in args.world:
-        table[world] = probe(extractor, world, args.category, args.n, args.size, layers)
+        val = validation(world, args.category, args.n, args.size)
+        table[world] = probe(extractor, val, world, args.category, args.n, args.size, layers)
         print(f"{args.category}, {world} world, validation split, {args.n} images, {args.size} px "
               f"({extractor.description})")
         cols = list(next(iter(table[world].values())))
         print(f"{'layer':10s}" + "".join(f"{c:>14s}" for c in cols))
         for layer, row in table[world].items():
             print(f"{layer:10s}" + "".join(f"{row[c]:14.3f}" for c in cols))
-        ref = lc_reference(extractor, world, args.category, args.n, args.size)
+        ref = lc_reference(extractor, val, args.category)
         table[world]["L_c"] = ref
         print(f"L_c on the contrastive layers: true parts {ref['true']:.3f}, renamed per image "
               f"{ref['permuted']:.3f}, collapsed {ref['collapsed']:.3f} (training starts there)")
