@@ -392,3 +392,50 @@ def test_with_extras_features_match_on_the_fly_upsampling():
     direct = upsample_concat(extractor(batch_images), extractor.layers_for("scops"))
     assert torch.allclose(WithExtras(data, features=feats)[2]["features"], direct[2], atol=1e-6)
     assert not math.isnan(feats.sum().item())
+
+
+# --- partlab's addition: L_sc also rebuilds the position on the object -------------------------------
+
+
+def test_semantic_features_append_the_position_on_the_object_in_non_negative_halves():
+    from partlab.methods.scops import semantic_features
+
+    feats = torch.rand(2, C, 8, 8) - 0.25                                        # some negative values
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[0, :, 8:24, 8:24] = 1.0                                                  # a square in the middle
+    mask[1, :, 0:16, 16:32] = 1.0                                                 # one in the top right
+    assert semantic_features(feats, mask, "features") is feats                    # the paper's: as they are
+    out = semantic_features(feats, mask, "features+position")
+    assert out.shape == (2, C + 4, 8, 8) and bool((out >= 0).all())
+    torch.testing.assert_close(out[:, :C], feats.relu())
+    inside = torch.nn.functional.interpolate(mask, size=(8, 8), mode="area") >= 0.5
+    pos = out[:, C:]
+    assert bool((pos * ~inside == 0).all())                                       # zero off the object
+    # x+ and x- never both positive; each mirrors the other across the object's centre (the same for y)
+    assert bool((pos[:, 0] * pos[:, 1] == 0).all()) and bool((pos[:, 2] * pos[:, 3] == 0).all())
+    torch.testing.assert_close(pos[0, 0], pos[0, 1].flip(-1))
+    torch.testing.assert_close(pos[0, 2], pos[0, 3].flip(-2))
+    torch.testing.assert_close(pos[0], pos[1].roll((2, -2), dims=(-2, -1)))     # translated object, same channels
+    # scale: position energy on the object is C / 2 times the mean squared feature there (by hand)
+    rms2 = (feats.relu() ** 2 * inside).sum() / (inside.sum() * C)
+    energy = (pos ** 2).sum(1, keepdim=True)[inside].mean()
+    assert energy.item() == pytest.approx((rms2 * C / 2).item(), rel=1e-4)
+    # a larger copy of every feature scales the position channels with it: nothing else changes
+    torch.testing.assert_close(semantic_features(3 * feats, mask, "features+position"), 3 * out)
+
+
+def test_semantic_features_option_widens_the_basis_trains_and_checks_its_input():
+    model = _model(semantic_features="features+position")
+    assert model.basis.shape == (K, C + 4)
+    out = model.losses(_batch())
+    assert all(torch.isfinite(v) for v in out.values())
+    out["loss"].backward()
+    assert model.basis.grad is not None and torch.isfinite(model.basis.grad).all()
+    assert model.basis.grad[:, C:].abs().sum() > 0                                # the position rows learn
+    empty = _batch()
+    empty["saliency"] = torch.zeros_like(empty["saliency"])                        # no object anywhere
+    assert all(torch.isfinite(v) for v in _model(semantic_features="features+position").losses(empty).values())
+    with pytest.raises(ValueError, match="semantic_features='whitened'"):
+        _model(semantic_features="whitened")
+    with pytest.raises(ValueError, match="needs a saliency mask"):
+        _model(semantic_features="features+position", saliency="none")

@@ -67,10 +67,12 @@ from partlab.losses import (
 from partlab.methods.base import FrozenFeatures, PartSegmenter, batch_map, check_images
 from partlab.models import build_network
 
-__all__ = ["ABLATIONS", "QUICK_FIT", "QUICK_WEIGHTS", "RECIPES", "SCOPS", "postprocess_labels", "scops_quick_setup",
-           "setup"]
+__all__ = ["ABLATIONS", "QUICK_FIT", "QUICK_WEIGHTS", "RECIPES", "SCOPS", "SEMANTIC_FEATURES", "postprocess_labels",
+           "scops_quick_setup", "semantic_features", "setup"]
 
 SALIENCY_CHOICES = ("batch", "oracle", "none", "rbd")
+SEMANTIC_FEATURES = ("features", "features+position")
+POSITION_CHANNELS = 4       # (x+, x-, y+, y-): the pixel's position on its object, split into non-negative halves
 BACKGROUND_SCORE = 0.1
 ORIGINAL_BATCH = 6          # the original's batch size, which its L_con weight assumes (see lambda_con)
 
@@ -116,6 +118,51 @@ def postprocess_labels(probs: torch.Tensor, background: float = BACKGROUND_SCORE
     return scores.argmax(dim=1)
 
 
+def semantic_features(features: torch.Tensor, mask: Optional[torch.Tensor], mode: str = "features") -> torch.Tensor:
+    """The features ``V`` that L_sc rebuilds from the part basis (``SCOPS(semantic_features=)``).
+
+    Args:
+        features: ``(B, C, h, w)``, the frozen CNN features (any size up to the mask's).
+        mask: ``(B, 1, H, W)`` saliency ``D`` in [0, 1] (the object: ``>= 0.5`` once resized to ``(h, w)`` by
+            area averaging); needed unless ``mode="features"``.
+        mode: one of :data:`SEMANTIC_FEATURES`.
+
+    Returns:
+        ``features`` for ``"features"`` (the paper's). For ``"features+position"``, ``(B, C + 4, h, w)``:
+        ``relu(features)`` followed by the pixel's position on its object
+        (:func:`partlab.baselines.position_features`, ``(x, y)`` from the object's centroid over its spread)
+        split into the non-negative channels ``(relu(x), relu(-x), relu(y), relu(-y))`` (L_sc takes
+        ``relu`` of ``V`` and of the basis), zero off the object, and scaled by ``sqrt(C / 2)`` times the
+        root-mean-square of ``relu(features)`` over the batch's object pixels (not differentiated): the
+        position carries half as much of the target's energy as the C feature channels. A part basis vector
+        then also says where on the object its part lies, the same on every instance, so L_sc pulls the
+        same part to the same place across images even where the features do not name it (README,
+        "Co-parts"). partlab's addition; statistics are per batch (per process under DDP).
+    """
+    if mode == "features":
+        return features
+    if mode not in SEMANTIC_FEATURES:
+        raise ValueError(f"semantic_features={mode!r}; choose one of {SEMANTIC_FEATURES}")
+    if mask is None:
+        raise ValueError("semantic_features='features+position' needs a saliency mask (where the object is); "
+                         "use saliency='batch', 'oracle' or 'rbd'")
+    from partlab.baselines import position_features
+
+    values = features.relu()
+    size = tuple(values.shape[-2:])
+    mask = mask if mask.dim() == 4 else mask[:, None]
+    if tuple(mask.shape[-2:]) != size:
+        mask = torch.nn.functional.interpolate(mask.to(values.dtype), size=size, mode="area")
+    inside = (mask >= 0.5).to(values.dtype)                                         # (B, 1, h, w)
+    position = position_features(inside, "object").to(values.dtype)                 # (B, 2, h, w)
+    halves = torch.cat([position.relu(), (-position).relu()], dim=1)[:, [0, 2, 1, 3]] * inside
+    with torch.no_grad():
+        count = (inside.sum() * values.shape[1]).clamp_min(1.0)
+        rms = ((values ** 2 * inside).sum() / count).sqrt().clamp_min(1e-6)
+        scale = rms * (values.shape[1] / 2) ** 0.5
+    return torch.cat([values, scale * halves], dim=1)
+
+
 class SCOPS(FrozenFeatures, PartSegmenter):
     """SCOPS part segmenter: ``K + 1`` output maps, channel 0 background.
 
@@ -148,11 +195,16 @@ class SCOPS(FrozenFeatures, PartSegmenter):
         clip: gradient-norm clip of the network's parameter group(s) (5, as in the original).
         basis_lr, basis_momentum, basis_weight_decay, basis_clip: the part basis's own SGD
             (0.01, 0.9, 5e-4, 5 as in the original).
+        semantic_features: what L_sc rebuilds: ``"features"`` (``V`` as it is, the paper's) or
+            ``"features+position"`` (plus the pixel's position on the saliency's object, 4 non-negative
+            channels, :func:`semantic_features`; the basis is then ``(K, C + 4)``). partlab's addition for
+            features that do not name parts (README, "Co-parts"); needs a saliency mask.
         **network_kwargs: passed to the network (``base_channels=8``, ``pretrained="auto"``, ...).
 
     Attributes:
         network: the segmentation network.
-        basis: ``nn.Parameter`` ``(K, C)``, the raw part basis ``w``, initialised ``|N(0, 1)|``
+        basis: ``nn.Parameter`` ``(K, C)`` (``(K, C + 4)`` with ``semantic_features="features+position"``),
+            the raw part basis ``w``, initialised ``|N(0, 1)|``
             (``None`` when neither ``"sc"`` nor ``"orthonormal"`` is on).
         weights: ``{term: lambda}`` as used (``lambda_eqv`` resolved).
 
@@ -180,7 +232,7 @@ class SCOPS(FrozenFeatures, PartSegmenter):
                  warp: Union[str, dict] = "scops", jitter: Union[str, dict] = "scops", eps: float = 1e-3,
                  clip: Optional[float] = 5.0, basis_lr: float = 0.01, basis_momentum: float = 0.9,
                  basis_weight_decay: float = 5e-4, basis_clip: Optional[float] = 5.0,
-                 **network_kwargs: Any) -> None:
+                 semantic_features: str = "features", **network_kwargs: Any) -> None:
         super().__init__(num_parts)
         if lambda_eqv is None:
             lambda_eqv = 1e3 / (num_parts + 1)
@@ -189,6 +241,12 @@ class SCOPS(FrozenFeatures, PartSegmenter):
         if saliency not in SALIENCY_CHOICES:
             raise ValueError(f"saliency={saliency!r}; choose one of {SALIENCY_CHOICES}")
         self.saliency = saliency
+        if semantic_features not in SEMANTIC_FEATURES:
+            raise ValueError(f"semantic_features={semantic_features!r}; choose one of {SEMANTIC_FEATURES}")
+        if semantic_features != "features" and saliency == "none":
+            raise ValueError("semantic_features='features+position' needs a saliency mask (where the object is); "
+                             "use saliency='batch', 'oracle' or 'rbd'")
+        self.semantic_features = semantic_features
         self.eps = float(eps)
         self.warp_kwargs = warp_preset(warp) if isinstance(warp, str) else dict(warp)
         self.jitter_kwargs = jitter_preset(jitter) if isinstance(jitter, str) else dict(jitter)
@@ -204,7 +262,8 @@ class SCOPS(FrozenFeatures, PartSegmenter):
             if feature_channels is None:
                 raise ValueError("SCOPS needs feature_channels (C of the semantic features V, the part basis "
                                  "is (K, C)) with features='batch'; e.g. feature_channels=features.shape[1]")
-            basis = torch.randn(num_parts, int(feature_channels)).abs()                  # |N(0, 1)|, (K, C)
+            channels = int(feature_channels) + (POSITION_CHANNELS if semantic_features != "features" else 0)
+            basis = torch.randn(num_parts, channels).abs()                               # |N(0, 1)|, (K, C)
             self.basis: Optional[nn.Parameter] = nn.Parameter(basis)
         else:
             self.register_parameter("basis", None)
@@ -270,6 +329,7 @@ class SCOPS(FrozenFeatures, PartSegmenter):
             features = self._features(batch, images, size, "the semantic consistency loss",
                                       upsample=False)                                   # (B, C, h <= H, w <= W)
             saliency = self._saliency(batch, images, size)                               # (B, 1, H, W)
+            features = semantic_features(features, saliency, self.semantic_features)
             terms["sc"] = semantic_consistency_loss(parts, features, self.basis.float(), saliency)
 
         if w["orthonormal"] > 0:                                                       # Eq. (5)
