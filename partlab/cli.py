@@ -2,7 +2,7 @@
 
     partlab info                               what partlab will use here (device, features, data)
     partlab render --category bird -n 16 out.png   a grid of synthetic samples with part overlays
-    partlab train METHOD [--recipe quick|paper|FILE] [--set fit.lr=1e-4 ...] [--steps N] [--out DIR] [--resume] ...
+    partlab train METHOD [--recipe quick|paper|NAME|FILE] [--set fit.lr=1e-4 ...] [--steps N] [--out DIR] [--resume] ...
                                                train a registered method (scops, contrastive, oracle) with a
                                                recipe on the synthetic world into a run folder
     partlab evaluate --run DIR [--run DIR2] [--run-mask own|true] [--baseline kmeans|dff|position|xy|rgbxy] [--baseline-mask true|rbd|none] [--json out.json]
@@ -568,7 +568,9 @@ def _add_train_parser(sub) -> None:
                                        "Several GPUs: torchrun --nproc_per_node N -m partlab.cli train ... "
                                        "(--batch-size is then per process).")
     train.add_argument("method", choices=list(REGISTRY))
-    train.add_argument("--recipe", default="quick", help="quick (default), paper, or a recipe.json file")
+    train.add_argument("--recipe", default="quick",
+                       help="quick (default), paper, another of the method's recipes (contrastive: coparts), "
+                            "or a recipe.json file")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
                        help="change a recipe setting, e.g. --set fit.lr=1e-4 --set weights.con=100 "
                             "--set model.saliency=oracle --set data.size=128 (repeatable; values are JSON, else text: "

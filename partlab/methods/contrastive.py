@@ -341,7 +341,28 @@ def paper_recipe():
                   DataSpec(size=256, n_train=10_000, features="vgg19", cache=False), fit, imagenet=True)
 
 
-RECIPES = {"quick": quick_recipe, "paper": paper_recipe}
+def coparts_recipe():
+    """The quick recipe with L_c made to align parts across instances whose colours differ (README,
+    "Co-parts"; partlab's addition, not the paper's): L_c's prototypes average each pixel's features
+    standardised per channel over the batch's foreground plus its position on its object
+    (``model.contrast_features="standardised+position"``), at temperature 0.5, weighted 2e4 instead of 2.3e3.
+
+    Chosen on the validation birds of both worlds (150 drawn with seed 100, true mask, training seeds 0-2
+    unless said; pooled FG-ARI, varied world / default world): the quick recipe 0.050 +- 0.080 / 0.536 +-
+    0.063; these prototypes with L_c at 2.3e3 and L_v at 0, 3, 10, 20: 0.199 +- 0.026 (5 seeds) / 0.263, 0.250
+    / 0.320, 0.221 / 0.517, 0.076 / 0.541; L_c at 7e3 with L_v 10 or 30: 0.282 / 0.442, 0.149 / 0.650; L_c at
+    2e4 and L_v 30 (this recipe): 0.232 +- 0.023 / 0.418 +- 0.031; L_c at 7e4: lower on both. Strong L_v makes
+    each bird's parts follow its own colours, which on the varied world (colours per bird) splits the labels
+    at some seeds; L_c at 2e4 holds them together at every seed tried, and costs the default world, where
+    colour names the part, a tenth of its pooled FG-ARI."""
+    import dataclasses
+
+    recipe = quick_recipe().override({"weights.c": 2e4, "model.contrast_features": "standardised+position",
+                                      "model.temperature": 0.5})
+    return dataclasses.replace(recipe, name="coparts")
+
+
+RECIPES = {"quick": quick_recipe, "coparts": coparts_recipe, "paper": paper_recipe}
 
 
 def setup(recipe, device: str = "auto", run_dir=None):

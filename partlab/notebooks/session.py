@@ -120,11 +120,12 @@ class Session:
         return session
 
     def other(self, method: str, *, steps: Optional[int] = None, settings: Optional[Mapping[str, Any]] = None,
-              echo: bool = False) -> "Session":
+              echo: bool = False, recipe: str = "quick") -> "Session":
         """A session of another registry method on this session's data: the same benchmark split (scored on the
-        same test images), seed, category, world, image size, features, device and training-set size, with ``method``'s own
-        quick recipe (``steps``, ``settings``: changes by dotted key, as for :func:`setup`). The motion notebook
-        trains SCOPS and contrastive discovery this way, to score them next to the motion model."""
+        same test images), seed, category, world, image size, features, device and training-set size, with
+        ``method``'s own quick recipe, or its ``recipe`` by name (``steps``, ``settings``: changes by dotted key,
+        as for :func:`setup`). The motion notebook trains SCOPS and contrastive discovery this way, to score
+        them next to the motion model."""
         from partlab.methods.registry import get_method
 
         entry = get_method(method)
@@ -138,7 +139,7 @@ class Session:
             changes["data.features"] = d.features
         if steps is not None:
             changes["fit.max_steps"] = int(steps)
-        recipe = entry.recipe("quick").override({**changes, **dict(settings or {})})
+        recipe = entry.recipe(recipe).override({**changes, **dict(settings or {})})
         return self._built(entry.name, recipe, entry.data, echo)
 
     @property
@@ -188,7 +189,7 @@ class Session:
 def setup(method: str, *, quick: bool = True, device: str = "auto", dataset: str = "synthetic", seed: int = 0,
           category: str = "bird", world: str = "default", features: Optional[str] = "auto", n_train: Optional[int] = None,
           n_eval: Optional[int] = None, steps: Optional[int] = None, settings: Optional[Mapping[str, Any]] = None,
-          data_root=None, echo: bool = True) -> Session:
+          data_root=None, echo: bool = True, recipe: str = "quick") -> Session:
     """A training notebook's first cell, in one call.
 
     Args:
@@ -204,6 +205,8 @@ def setup(method: str, *, quick: bool = True, device: str = "auto", dataset: str
         n_train, n_eval, steps: change the sizes.
         settings: more recipe overrides by dotted key (``{"model.saliency": "none", "weights.con": 0}``).
         echo: print what is used (:meth:`Session.describe`).
+        recipe: the method's recipe by name (``"quick"``; contrastive discovery also has ``"coparts"``), at the
+            sizes above. Not ``"paper"``: that one is for a GPU, ``partlab train METHOD --recipe paper``.
     """
     from partlab import utils
     from partlab.evaluation import benchmark_splits, scene_splits
@@ -213,6 +216,10 @@ def setup(method: str, *, quick: bool = True, device: str = "auto", dataset: str
         raise ValueError(f"dataset={dataset!r}: the training notebooks train on the embedded synthetic world; "
                          f"use dataset='synthetic' (real data: partlab train/evaluate)")
     entry = get_method(method)
+    if recipe == "paper":
+        raise ValueError(f"setup(recipe='paper'): the paper recipe trains DeepLab at 256 px for 100k steps; run it on a "
+                         f"GPU with `partlab train {entry.name} --recipe paper` (recipes here: "
+                         f"{[name for name in entry.recipes if name != 'paper']})")
     sizes = dict(QUICK_SIZES if quick else FULL_SIZES)
     sizes.update({k: v for k, v in (("n_train", n_train), ("n_eval", n_eval), ("steps", steps)) if v is not None})
     changes: dict = {"data.category": category, "data.world": world, "fit.seed": int(seed)}
@@ -222,7 +229,7 @@ def setup(method: str, *, quick: bool = True, device: str = "auto", dataset: str
         changes["data.n_train"] = int(sizes["n_train"])
     if sizes["steps"] is not None:
         changes["fit.max_steps"] = int(sizes["steps"])
-    recipe = entry.recipe("quick").override({**changes, **dict(settings or {})})
+    recipe = entry.recipe(recipe).override({**changes, **dict(settings or {})})
     utils.seed_everything(int(seed))
     model, train_set, info = recipe.build(device=device)
     if entry.data == "scenes":
