@@ -73,6 +73,8 @@ __all__ = ["ABLATIONS", "QUICK_FIT", "QUICK_WEIGHTS", "RECIPES", "SCOPS", "SEMAN
 SALIENCY_CHOICES = ("batch", "oracle", "none", "rbd")
 SEMANTIC_FEATURES = ("features", "features+position")
 POSITION_CHANNELS = 4       # (x+, x-, y+, y-): the pixel's position on its object, split into non-negative halves
+NEEDS_MASK = ("semantic_features='features+position' needs a saliency mask (where the object is); "
+              "use saliency='batch', 'oracle' or 'rbd'")
 BACKGROUND_SCORE = 0.1
 ORIGINAL_BATCH = 6          # the original's batch size, which its L_con weight assumes (see lambda_con)
 
@@ -144,8 +146,7 @@ def semantic_features(features: torch.Tensor, mask: Optional[torch.Tensor], mode
     if mode not in SEMANTIC_FEATURES:
         raise ValueError(f"semantic_features={mode!r}; choose one of {SEMANTIC_FEATURES}")
     if mask is None:
-        raise ValueError("semantic_features='features+position' needs a saliency mask (where the object is); "
-                         "use saliency='batch', 'oracle' or 'rbd'")
+        raise ValueError(NEEDS_MASK)
     from partlab.baselines import position_features
 
     values = features.relu()
@@ -244,8 +245,7 @@ class SCOPS(FrozenFeatures, PartSegmenter):
         if semantic_features not in SEMANTIC_FEATURES:
             raise ValueError(f"semantic_features={semantic_features!r}; choose one of {SEMANTIC_FEATURES}")
         if semantic_features != "features" and saliency == "none":
-            raise ValueError("semantic_features='features+position' needs a saliency mask (where the object is); "
-                             "use saliency='batch', 'oracle' or 'rbd'")
+            raise ValueError(NEEDS_MASK)
         self.semantic_features = semantic_features
         self.eps = float(eps)
         self.warp_kwargs = warp_preset(warp) if isinstance(warp, str) else dict(warp)
