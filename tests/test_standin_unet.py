@@ -50,6 +50,38 @@ def test_stand_in_versions_load_by_name():
     assert "standin_v1" in STANDIN_VERSIONS
     v1 = get_extractor("standin_v1", device="cpu")
     assert v1.version == "standin_v1" and v1.layers_for("scops")
+    v2 = get_extractor("standin_v2", device="cpu")
+    assert v2.version == "standin_v2" and v2.layers_for("kmeans") == v1.layers_for("kmeans")
+    assert "descriptor vector exchange" in v2.description and v2.weights_hash != v1.weights_hash
+    assert get_extractor("standin", device="cpu").version == "standin_v1"           # v1 stays the default
+
+
+def test_stand_in_v2_ships_with_the_record_of_its_recipe():
+    import json
+
+    from partlab.features.standin import STANDIN_TRAINING_V2, standin_path, training_record_path
+
+    path = standin_path("standin_v2")
+    record = json.loads(training_record_path(path, "standin_v2").read_text())
+    assert record["command"] == "python -m partlab.features build-standin --version standin_v2"
+    assert record["version"] == "standin_v2" and "no part labels" in record["task"]
+    assert record["config"] == json.loads(json.dumps(STANDIN_TRAINING_V2))
+    assert record["config"]["exchange"]["weight"] > 0 and record["config"]["worlds"] == ["default", "varied"]
+    assert record["loss_curve"][-1] < record["loss_curve"][0]
+    assert json.loads((path.parent / "TRAINING.json").read_text())["command"].endswith("build-standin")
+
+
+def test_build_standin_v2_writes_its_own_record_and_loads_as_v2(tmp_path):
+    from partlab.features import build_standin
+    from partlab.features.standin import StandinFeatures
+
+    out = tmp_path / "v2.pt"
+    record = build_standin(out, version="standin_v2", steps=2, images=16, batch_size=4, progress=False)
+    assert (tmp_path / "TRAINING_standin_v2.json").is_file() and not (tmp_path / "TRAINING.json").exists()
+    assert record["config"]["exchange"] and record["version"] == "standin_v2"
+    assert StandinFeatures(out).version == "standin_v2"
+    with pytest.raises(ValueError, match="standin_v9"):
+        build_standin(tmp_path / "x.pt", version="standin_v9", steps=1)
 
 
 def test_hue_rotation_keeps_grey_and_is_periodic():

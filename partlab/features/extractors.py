@@ -54,7 +54,7 @@ VGG19_RECIPES: Dict[str, Dict[str, float]] = {
 }
 
 # "standin" is the current stand-in; earlier ones stay loadable by version name
-_STANDIN_NAMES = ("standin_v1",)
+_STANDIN_NAMES = ("standin_v1", "standin_v2")
 _EXTRACTOR_CHOICES = ("auto", "vgg19", "standin") + _STANDIN_NAMES + ("rgb",)
 
 
