@@ -146,7 +146,7 @@ def test_setup_takes_a_recipe_by_name_and_refuses_the_paper_recipe():
     s = _session("contrastive", recipe="coparts", world="varied", echo=False)
     assert s.recipe.name == "coparts" and s.world == "varied"
     assert s.model.contrast_features == "standardised+position" and s.model.temperature == 0.5
-    assert s.model.weights["c"] == 2e4 and s.model.weights["v"] == 30.0          # L_v stays the paper's
+    assert s.model.weights["c"] == 1.5e4 and s.model.weights["v"] == 30.0          # L_v stays the paper's
     assert s.other("contrastive", recipe="coparts").recipe.name == "coparts"
     with pytest.raises(ValueError, match="recipe='paper'.*GPU.*partlab train scops --recipe paper"):
         setup("scops", recipe="paper", echo=False)

@@ -167,10 +167,10 @@ def test_command_line_settings_parse_json_and_keep_choice_words():
 def test_the_coparts_recipe_is_the_quick_recipe_with_only_l_c_changed(tmp_path):
     quick, coparts = get_recipe("contrastive", "quick"), get_recipe("contrastive", "coparts")
     assert coparts.name == "coparts" and (coparts.data, coparts.fit) == (quick.data, quick.fit)
-    assert {k: v for k, v in coparts.weights.items() if quick.weights[k] != v} == {"c": 2e4}
+    assert {k: v for k, v in coparts.weights.items() if quick.weights[k] != v} == {"c": 1.5e4}
     assert {k: v for k, v in coparts.model.items() if quick.model.get(k) != v} == {
         "contrast_features": "standardised+position", "temperature": 0.5}
     coparts.save(tmp_path)
     assert load_recipe(tmp_path) == coparts                                     # a coparts run can be re-run
     model, _, _ = coparts.override(TINY).build(device="cpu")
-    assert model.contrast_features == "standardised+position" and model.weights["c"] == 2e4
+    assert model.contrast_features == "standardised+position" and model.weights["c"] == 1.5e4
