@@ -10,11 +10,13 @@ from typing import Optional, Sequence
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from partlab.features.standin import STANDIN_DEFAULT, STANDIN_VERSIONS
+
     parser = argparse.ArgumentParser(prog="python -m partlab.features", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build-standin", help="train the stand-in CNN (label-free) and write it to data/standin/")
-    build.add_argument("--version", default="standin_v1", choices=["standin_v1", "standin_v2"],
-                       help="which stand-in's recipe (default standin_v1, the default features)")
+    build.add_argument("--version", default=STANDIN_DEFAULT, choices=list(STANDIN_VERSIONS),
+                       help=f"which stand-in's recipe (default {STANDIN_DEFAULT}, the default features)")
     build.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe)")
     build.add_argument("--out", default=None, help="output file (default: data/standin/<version>.pt)")
     sub.add_parser("info", help="say which features features='auto' uses here")

@@ -28,6 +28,10 @@ Files: ``data/standin/standin_v1.pt`` (fp16 weights + config + training record) 
 
     python -m partlab.features build-standin            # about 15 minutes on 2 CPU cores (800 steps)
 
+``data/standin/standin_v2.pt`` (record ``TRAINING_standin_v2.json``) is v2, loaded by name
+(``features="standin_v2"``): the same pretext plus descriptor vector exchange across images
+(:data:`STANDIN_TRAINING_V2`); ``python -m partlab.features build-standin --version standin_v2`` rebuilds it.
+
 ``PARTLAB_STANDIN=/path/to/file.pt`` points partlab at another file.
 """
 
