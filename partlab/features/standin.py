@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from partlab import utils
-from partlab.features.extractors import IMAGENET_MEAN, IMAGENET_STD, VGG19_RECIPES, _file_tag, _NormalisedSequential
+from partlab.features.extractors import (IMAGENET_MEAN, IMAGENET_STD, VGG19_RECIPES, _STANDIN_NAMES, _file_tag,
+                                        _NormalisedSequential)
 
 STANDIN_FILE = "standin_v1.pt"
 
@@ -108,6 +109,7 @@ STANDIN_VERSIONS: Dict[str, dict] = {
                    "training": STANDIN_TRAINING_V2},
 }
 STANDIN_DEFAULT = "standin_v1"
+assert set(STANDIN_VERSIONS) == set(_STANDIN_NAMES), "get_extractor's names must list every stand-in version"
 
 
 def build_command(version: str = STANDIN_DEFAULT) -> str:
