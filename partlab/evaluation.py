@@ -27,7 +27,7 @@ landmark_error part centres -> landmarks by linear regression fitted on the   lo
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -308,6 +308,23 @@ def score_model(model, train: Mapping[str, torch.Tensor], test: Mapping[str, tor
 # ---------------------------------------------------------------------------------------------
 
 
+def ablation_overrides(method: str, ablation: str) -> Dict[str, Any]:
+    """The recipe changes (dotted keys, :meth:`partlab.recipes.Recipe.override`) of one of ``method``'s
+    ablations: a loss term's weight as ``weights.<term>`` (0 removes it), a setting as ``model.<name>``.
+
+    >>> ablation_overrides("scops", "no_sc")
+    {'weights.sc': 0.0, 'weights.orthonormal': 0.0}
+    >>> ablation_overrides("scops", "no_saliency")
+    {'model.saliency': 'none'}
+    """
+    from partlab.methods.registry import get_method
+
+    entry = get_method(method)
+    entry.ablation(ablation)                                        # ValueError naming the choices
+    return {(f"weights.{key}" if key in entry.terms else f"model.{key}"): value
+            for key, value in entry.ablations[ablation].items()}
+
+
 class SeedSweep(dict):
     """The result of :func:`seed_sweep`: ``{"per_seed": {seed: scores}, "mean": {...}, "std": {...}}`` (a dict,
     so it is written to JSON as is). ``std`` is the sample standard deviation over seeds (ddof = 1; 0 for
@@ -332,7 +349,8 @@ def summarize_seeds(per_seed: Mapping[int, Mapping[str, float]]) -> SeedSweep:
 
 def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 4), *,
                overrides: Optional[Mapping] = None, n_eval: int = 150, mask: str = "own", device="auto",
-               progress: Optional[bool] = None, split_seed: int = 0, split: str = "test") -> SeedSweep:
+               progress: Optional[bool] = None, split_seed: int = 0, split: str = "test",
+               ablation: Optional[str] = None) -> SeedSweep:
     """Train ``method`` with ``recipe`` once per training seed and score every run on the *same* test images.
 
     Args:
@@ -345,6 +363,8 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
             ``split_seed`` so that every seed is scored on the same birds.
         split: ``"test"`` (reported results) or ``"val"`` (choosing settings: never on test).
         mask: ``"own"`` or ``"true"`` (:func:`score_model`).
+        ablation: one of the method's ablations (``"no_sc"``, ...; :func:`ablation_overrides`), applied
+            before ``overrides``: a 5-seed ablation table is one sweep per variant.
 
     Returns:
         a :class:`SeedSweep`: per-seed scores, and their mean and standard deviation.
@@ -354,6 +374,8 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
 
     entry = get_method(method)
     base = entry.recipe(recipe) if isinstance(recipe, str) else recipe
+    if ablation is not None:
+        base = base.override(ablation_overrides(method, ablation))
     base = base.override(overrides)
     data = base.data
     train_eval, test = benchmark_splits(data.category, size=data.size, n_train=n_eval, n_test=n_eval,
@@ -577,7 +599,8 @@ def object_kmeans_miou(maps: torch.Tensor, objects: torch.Tensor, semantic: torc
     background, 1..``num_classes``) by :func:`partlab.metrics.hungarian_miou` over the whole set (background a
     class): one-to-one with ``num_classes`` clusters, each cluster to its best-IoU class when overclustering.
     ``normalize``: spherical K-means on L2-normalised object vectors (embeddings, CNN features), or plain
-    K-means on the means (raw colours). Returns its dict plus ``"num_objects"``."""
+    K-means on the means (raw colours). Returns its dict plus ``"num_objects"`` and ``"labels"`` ``(N, H, W)``
+    (0 background, ``1 + cluster`` on every object's pixels: the clusters' own numbers, not matched to classes)."""
     from sklearn.cluster import KMeans
 
     clusters = num_classes if clusters is None else int(clusters)
@@ -592,6 +615,7 @@ def object_kmeans_miou(maps: torch.Tensor, objects: torch.Tensor, semantic: torc
     out = metrics.hungarian_miou(labels.numpy(), semantic.long().numpy(), num_classes + 1,
                                  many_to_one=clusters != num_classes, num_clusters=clusters + 1)
     out["num_objects"] = len(vectors)
+    out["labels"] = labels
     return out
 
 

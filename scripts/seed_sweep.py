@@ -4,6 +4,7 @@
     python scripts/seed_sweep.py contrastive --seeds 0 1 2 3 4 --mask true --json outputs/sweep_contrastive.json
     python scripts/seed_sweep.py contrastive --mask true --set model.num_parts=4 --columns kp_fg_nmi kp_fg_ari nmi ari
     python scripts/seed_sweep.py scops --split val --split-seed 100 --seeds 0 1 2 --set model.network=standin_unet
+    python scripts/seed_sweep.py scops --ablation no_sc        # one row of a 5-seed ablation table
 
 Settings are chosen with ``--split val`` (the validation split); the test split only reports them.
 
@@ -29,6 +30,8 @@ def main() -> None:
     parser.add_argument("method", choices=list(REGISTRY))
     parser.add_argument("--recipe", default="quick")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--ablation", help="one of the method's ablations (e.g. scops: no_sc, no_con, "
+                        "no_eqv, no_saliency, only_sc), applied before --set")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE")
     parser.add_argument("--mask", choices=("own", "true"), default="own")
     parser.add_argument("--n-eval", type=int, default=150)
@@ -45,9 +48,10 @@ def main() -> None:
     start = time.perf_counter()
     sweep = evaluation.seed_sweep(args.method, args.recipe, args.seeds, overrides=args.set, n_eval=args.n_eval,
                                   mask=args.mask, device=args.device, progress=False, split=args.split,
-                                  split_seed=args.split_seed)
+                                  split_seed=args.split_seed, ablation=args.ablation)
     minutes = (time.perf_counter() - start) / 60
-    print(f"{args.method} ({args.recipe} recipe, {' '.join(args.set) or 'as is'}), mask {args.mask}, "
+    changes = ([f"ablation {args.ablation}"] if args.ablation else []) + args.set
+    print(f"{args.method} ({args.recipe} recipe, {' '.join(changes) or 'as is'}), mask {args.mask}, "
           f"{len(args.seeds)} seeds, {args.n_eval} {args.split} images (seed {args.split_seed}), {minutes:.1f} min")
     columns = args.columns
     print("| seed | " + " | ".join(columns) + " |")

@@ -142,3 +142,24 @@ def test_seed_sweep_chooses_on_the_validation_split():
     _, val_images = evaluation.benchmark_splits(size=32, n_train=2, n_test=2, test_split="val")
     _, test_images = evaluation.benchmark_splits(size=32, n_train=2, n_test=2)
     assert not torch.equal(val_images["image"], test_images["image"])
+
+
+def test_ablation_overrides_name_weights_and_settings():
+    assert evaluation.ablation_overrides("scops", "no_sc") == {"weights.sc": 0.0, "weights.orthonormal": 0.0}
+    assert evaluation.ablation_overrides("scops", "only_sc") == {"weights.con": 0.0, "weights.eqv": 0.0,
+                                                                 "weights.lmeqv": 0.0}
+    assert evaluation.ablation_overrides("scops", "no_saliency") == {"model.saliency": "none"}
+    assert evaluation.ablation_overrides("scops", "full") == {}
+    with pytest.raises(ValueError, match="no ablation 'bogus'.*no_sc"):
+        evaluation.ablation_overrides("scops", "bogus")
+
+
+def test_seed_sweep_of_an_ablation_is_the_sweep_with_its_overrides():
+    settings = dict(seeds=(0,), n_eval=16, device="cpu", progress=False)
+    small = {"data.size": 32, "data.n_train": 8, "fit.max_steps": 2, "fit.batch_size": 4}
+    ablated = evaluation.seed_sweep("scops", "quick", ablation="no_sc", overrides=small, **settings)
+    by_hand = evaluation.seed_sweep("scops", "quick", overrides={**small, "weights.sc": 0, "weights.orthonormal": 0},
+                                    **settings)
+    full = evaluation.seed_sweep("scops", "quick", overrides=small, **settings)
+    assert ablated["per_seed"][0] == pytest.approx(by_hand["per_seed"][0])
+    assert ablated["per_seed"][0] != pytest.approx(full["per_seed"][0])           # the ablation changed the run

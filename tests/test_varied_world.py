@@ -113,3 +113,29 @@ def test_cli_train_world_shortcut():
 
     args = cli.build_parser().parse_args(["train", "scops", "--world", "varied"])
     assert cli._recipe(args).data.world == "varied"
+
+
+def test_a_scenes_session_clusters_the_same_scenes_on_both_worlds():
+    """MaskContrast across worlds: the same scenes repainted; K-means on the true objects, one cluster id per object
+    (the grid's fixed colours), mIoU next to colour K-means on the same scenes."""
+    import torch
+    from partlab.notebooks import setup
+
+    s = setup("maskcontrast", n_train=8, n_eval=20, steps=1, features="rgb", echo=False,
+              settings={"data.size": 32, "model.queue_size": 8, "fit.batch_size": 4, "fit.progress": False})
+    s.fit()
+    worlds = s.across_worlds()
+    assert list(worlds) == ["default", "varied"]
+    default, varied = worlds["default"], worlds["varied"]
+    assert default["test"] is s.test
+    np.testing.assert_array_equal(default["test"]["instances"], varied["test"]["instances"])   # the same scenes
+    assert not torch.equal(default["test"]["image"], varied["test"]["image"])                  # repainted
+    for w in worlds.values():
+        labels, instances = w["pred"]["labels"], w["test"]["instances"]
+        assert labels.shape == instances.shape and int(labels.max()) <= s.num_parts
+        assert bool(((labels > 0) == (instances > 0)).all()), "every object pixel, and only those, gets a cluster"
+        for i in range(len(labels)):                                  # one cluster per object
+            for o in instances[i].unique().tolist():
+                if o:
+                    assert labels[i][instances[i] == o].unique().numel() == 1
+        assert 0 <= w["scores"]["miou"] <= 1 and set(w["baselines"]) == {"rgb"}

@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional
 
+import torch
+
 #: notebook sizes: (training images, benchmark images per split, training steps); ``None`` keeps the recipe's
 QUICK_SIZES = {"n_train": None, "n_eval": 150, "steps": None}
 FULL_SIZES = {"n_train": 2048, "n_eval": 500, "steps": 4000}
@@ -154,10 +156,17 @@ class Session:
         per-image FG-ARI/NMI (``fg_ari_image``: segments within each image), and ``baselines`` the
         feature-free position baselines (:data:`partlab.evaluation.POSITION_BASELINES`) on the same images
         and ``baseline_mask`` (:func:`partlab.evaluation.baseline_mask`). ``mask``: ``"true"`` (the model's
-        parts judged inside the true foreground) or ``"own"`` (its own foreground)."""
+        parts judged inside the true foreground) or ``"own"`` (its own foreground).
+
+        A scenes method (MaskContrast) is scored by the K-means protocol on the true objects
+        (:func:`partlab.evaluation.object_kmeans_miou`, K = the number of classes): ``scores`` holds ``miou``,
+        ``pred["labels"]`` each object's cluster (one fixed colour per cluster in :func:`partlab.viz.part_grid`),
+        and ``baselines`` the same K-means on raw colours (``"rgb"``); ``mask`` and ``baseline_mask`` do not apply."""
         from partlab.evaluation import benchmark_splits, predict_dataset, score_baseline, score_parts
 
         model = self.model if model is None else model
+        if self.scenes:
+            return self._scenes_across_worlds(model, worlds)
         n = len(self.test["image"])
         out = {}
         for world in dict.fromkeys(worlds):
@@ -170,6 +179,24 @@ class Session:
                                                              seed=self.seed, mask=baseline_mask)[0].items() if k.startswith("fg_")}
                       for name in baselines}
             out[world] = {"test": test, "pred": pred, "scores": scores, "baselines": floors}
+        return out
+
+    def _scenes_across_worlds(self, model, worlds) -> dict:
+        from partlab.evaluation import object_kmeans_miou, scene_splits, semantic_baseline_vectors
+
+        out = {}
+        for world in dict.fromkeys(worlds):
+            test = self.test if world == self.world else scene_splits(
+                size=self.size, n_train=1, n_test=len(self.test["image"]), seed=self.seed, config=world,
+                objects=self.recipe.data.scene_objects)[1]
+            maps = torch.cat([model.embed(test["image"][start:start + 64])["embeddings"].cpu()
+                              for start in range(0, len(test["image"]), 64)])
+            scored = object_kmeans_miou(maps, test["instances"], test["semantic"], self.num_parts, seed=self.seed)
+            rgb = object_kmeans_miou(semantic_baseline_vectors("rgb", test["image"]), test["instances"],
+                                     test["semantic"], self.num_parts, seed=self.seed, normalize=False)
+            keys = ("miou", "acc", "nmi", "ari")
+            out[world] = {"test": test, "pred": {"labels": scored["labels"]}, "scores": {k: scored[k] for k in keys},
+                          "baselines": {"rgb": {k: rgb[k] for k in keys}}}
         return out
 
     def describe(self) -> str:
