@@ -360,9 +360,12 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
         seeds: the training seeds (``fit.seed``: the training images, the initialisation and the
             augmentations all change with it).
         n_eval: train (landmark regression) and test images of the benchmark split, drawn once with
-            ``split_seed`` so that every seed is scored on the same birds.
+            ``split_seed`` so that every seed is scored on the same birds. A scenes method (MaskContrast) is
+            scored on ``n_eval`` test scenes (:func:`scene_splits`) by the K-means protocol on their true
+            objects (:func:`semantic_benchmark`, K = the number of classes, with overclustering at 2K and 4K:
+            ``miou``, ``miou@8``, ``miou@16``, ``acc``, ``nmi``, ``ari``), not on birds.
         split: ``"test"`` (reported results) or ``"val"`` (choosing settings: never on test).
-        mask: ``"own"`` or ``"true"`` (:func:`score_model`).
+        mask: ``"own"`` or ``"true"`` (:func:`score_model`); part methods only.
         ablation: one of the method's ablations (``"no_sc"``, ...; :func:`ablation_overrides`), applied
             before ``overrides``: a 5-seed ablation table is one sweep per variant.
 
@@ -378,15 +381,28 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
         base = base.override(ablation_overrides(method, ablation))
     base = base.override(overrides)
     data = base.data
-    train_eval, test = benchmark_splits(data.category, size=data.size, n_train=n_eval, n_test=n_eval,
-                                        seed=split_seed, config=data.world, test_split=split)
+    scenes = entry.data == "scenes"
+    if scenes:
+        if mask != "own":
+            raise ValueError(f"mask={mask!r} is for part methods; {method} is scored on the true objects of each "
+                             f"scene (the K-means protocol): leave mask='own'")
+        _, test = scene_splits(size=data.size, n_train=1, n_test=n_eval, seed=split_seed, config=data.world,
+                               objects=data.scene_objects, test_split=split)
+    else:
+        train_eval, test = benchmark_splits(data.category, size=data.size, n_train=n_eval, n_test=n_eval,
+                                            seed=split_seed, config=data.world, test_split=split)
     per_seed = {}
     for seed in seeds:
         model, dataset, info = base.override({"fit.seed": int(seed)}).build(device=device)
         settings = dict(info["fit"]) if progress is None else dict(info["fit"], progress=progress)
         fit(model, dataset, **settings)
-        per_seed[int(seed)], _ = score_model(model, train_eval, test, category=data.category, device=device,
-                                             mask=mask)
+        if scenes:
+            k = model.num_parts
+            per_seed[int(seed)] = semantic_benchmark({method: model}, test, k, clusters=(2 * k, 4 * k),
+                                                     baselines=())[method]
+        else:
+            per_seed[int(seed)], _ = score_model(model, train_eval, test, category=data.category, device=device,
+                                                 mask=mask)
     return summarize_seeds(per_seed)
 
 

@@ -5,6 +5,7 @@
     python scripts/seed_sweep.py contrastive --mask true --set model.num_parts=4 --columns kp_fg_nmi kp_fg_ari nmi ari
     python scripts/seed_sweep.py scops --split val --split-seed 100 --seeds 0 1 2 --set model.network=standin_unet
     python scripts/seed_sweep.py scops --ablation no_sc        # one row of a 5-seed ablation table
+    python scripts/seed_sweep.py maskcontrast --n-eval 300     # scenes: K-means mIoU (K = 4, 8, 16 clusters)
 
 Settings are chosen with ``--split val`` (the validation split); the test split only reports them.
 
@@ -23,6 +24,7 @@ from partlab import evaluation
 from partlab.methods.registry import REGISTRY
 
 COLUMNS = ("fg_ari", "fg_nmi", "kp_fg_ari", "miou", "fg_iou", "landmark_error")
+SCENE_COLUMNS = ("miou", "miou@8", "miou@16")      # a scenes method (MaskContrast), K = 4 classes
 
 
 def main() -> None:
@@ -39,11 +41,20 @@ def main() -> None:
                         help="where the runs are scored: test (reported results) or val (choosing settings)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the scored images")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--columns", nargs="+", default=list(COLUMNS), choices=list(evaluation.BENCHMARK_METRICS),
-                        help="metrics in the table (all are in --json); the appendix's Tables 1-2: "
-                             "kp_fg_nmi kp_fg_ari nmi ari")
+    parser.add_argument("--columns", nargs="+",
+                        help="metrics in the table (all are in --json); default: " + " ".join(COLUMNS) + " (scenes: "
+                             + " ".join(SCENE_COLUMNS) + "); the appendix's Tables 1-2: kp_fg_nmi kp_fg_ari nmi ari")
     parser.add_argument("--json", help="also write the sweep to this file")
     args = parser.parse_args()
+    scenes = REGISTRY[args.method].data == "scenes"
+    columns = args.columns or list(SCENE_COLUMNS if scenes else COLUMNS)
+    known = ("miou", "acc", "nmi", "ari") if scenes else evaluation.BENCHMARK_METRICS
+    unknown = [c for c in columns if c not in known and not (scenes and c.startswith("miou@"))]
+    if scenes and args.mask != "own":
+        parser.error(f"--mask is for part methods; {args.method} is scored on the true objects of each scene")
+    if unknown:
+        parser.error(f"unknown column(s) {unknown} for {args.method}; choose from {list(known)}"
+                     + (" or miou@C (C clusters: 8, 16 at K = 4)" if scenes else ""))
 
     start = time.perf_counter()
     sweep = evaluation.seed_sweep(args.method, args.recipe, args.seeds, overrides=args.set, n_eval=args.n_eval,
@@ -51,9 +62,10 @@ def main() -> None:
                                   split_seed=args.split_seed, ablation=args.ablation)
     minutes = (time.perf_counter() - start) / 60
     changes = ([f"ablation {args.ablation}"] if args.ablation else []) + args.set
-    print(f"{args.method} ({args.recipe} recipe, {' '.join(changes) or 'as is'}), mask {args.mask}, "
-          f"{len(args.seeds)} seeds, {args.n_eval} {args.split} images (seed {args.split_seed}), {minutes:.1f} min")
-    columns = args.columns
+    scored = "the true objects, K-means" if scenes else f"mask {args.mask}"
+    what = "scenes" if scenes else "images"
+    print(f"{args.method} ({args.recipe} recipe, {' '.join(changes) or 'as is'}), {scored}, "
+          f"{len(args.seeds)} seeds, {args.n_eval} {args.split} {what} (seed {args.split_seed}), {minutes:.1f} min")
     print("| seed | " + " | ".join(columns) + " |")
     print("| --- " * (len(columns) + 1) + "|")
     for seed, scores in sweep["per_seed"].items():

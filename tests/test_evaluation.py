@@ -163,3 +163,16 @@ def test_seed_sweep_of_an_ablation_is_the_sweep_with_its_overrides():
     full = evaluation.seed_sweep("scops", "quick", overrides=small, **settings)
     assert ablated["per_seed"][0] == pytest.approx(by_hand["per_seed"][0])
     assert ablated["per_seed"][0] != pytest.approx(full["per_seed"][0])           # the ablation changed the run
+
+
+def test_seed_sweep_scores_a_scenes_method_by_the_kmeans_protocol():
+    """MaskContrast's sweep is scored on scenes (K-means mIoU with overclustering), never as parts of birds."""
+    small = {"data.size": 32, "data.n_train": 8, "fit.max_steps": 1, "fit.batch_size": 4, "model.queue_size": 8}
+    sweep = evaluation.seed_sweep("maskcontrast", "quick", seeds=(0,), n_eval=12, device="cpu", progress=False,
+                                  overrides=small)
+    scores = sweep["per_seed"][0]
+    assert {"miou", "miou@8", "miou@16"} <= set(scores) and "fg_ari" not in scores
+    assert all(0 <= scores[k] <= 1 for k in ("miou", "miou@8", "miou@16"))
+    with pytest.raises(ValueError, match="part methods"):
+        evaluation.seed_sweep("maskcontrast", "quick", seeds=(0,), n_eval=12, device="cpu", mask="true",
+                              overrides=small)
