@@ -354,7 +354,7 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
     """Train ``method`` with ``recipe`` once per training seed and score every run on the *same* test images.
 
     Args:
-        method: a registry name (``"scops"``, ``"contrastive"``, ``"oracle"``).
+        method: a registry name (``"scops"``, ``"contrastive"``, ``"motion"``, ``"oracle"``, ``"maskcontrast"``).
         recipe: a recipe name of the method or a :class:`partlab.recipes.Recipe`; ``overrides`` (dotted keys,
             e.g. ``{"fit.max_steps": 400, "data.n_train": 256}``) change it.
         seeds: the training seeds (``fit.seed``: the training images, the initialisation and the
