@@ -651,6 +651,17 @@ def semantic_baseline_vectors(name: str, images: torch.Tensor, *, extractor=None
     return extract_features(extractor, images, layers, size=tuple(images.shape[-2:]), batch_size=batch_size)
 
 
+def scene_embeddings(model, images: torch.Tensor, batch_size: int = 64) -> tuple:
+    """``model.embed`` (:meth:`partlab.methods.MaskContrast.embed`) over a stack of scenes in batches:
+    ``(embeddings (N, D, H, W), saliency (N, 1, H, W))`` on the CPU."""
+    maps, saliency = [], []
+    for start in range(0, len(images), batch_size):
+        out = model.embed(images[start:start + batch_size])
+        maps.append(out["embeddings"].cpu())
+        saliency.append(out["saliency"].cpu())
+    return torch.cat(maps), torch.cat(saliency)
+
+
 def semantic_benchmark(models: Mapping[str, object], scenes: Mapping[str, torch.Tensor], num_classes: int, *,
                        clusters: Sequence[int] = (), objects: str = "instances",
                        baselines: Sequence[str] = SEMANTIC_BASELINES, extractor=None, seed: int = 0
@@ -669,12 +680,8 @@ def semantic_benchmark(models: Mapping[str, object], scenes: Mapping[str, torch.
     truth = scenes["instances"].long() if objects == "instances" else (scenes["saliency"][:, 0] > 0.5).long()
     sources: Dict[str, tuple] = {}
     for name, model in models.items():
-        maps, predicted = [], []
-        for start in range(0, len(scenes["image"]), 64):
-            part = model.embed(scenes["image"][start:start + 64])
-            maps.append(part["embeddings"].cpu())
-            predicted.append((part["saliency"].cpu()[:, 0] > 0.5).long())
-        sources[name] = (torch.cat(maps), torch.cat(predicted) if objects == "predicted" else truth)
+        maps, saliency = scene_embeddings(model, scenes["image"])
+        sources[name] = (maps, (saliency[:, 0] > 0.5).long() if objects == "predicted" else truth)
     for name in baselines:
         sources[f"kmeans ({name})"] = (semantic_baseline_vectors(name, scenes["image"], extractor=extractor), truth)
     results: Dict[str, Dict[str, float]] = {}

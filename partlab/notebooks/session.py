@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional
 
-import torch
-
 #: notebook sizes: (training images, benchmark images per split, training steps); ``None`` keeps the recipe's
 QUICK_SIZES = {"n_train": None, "n_eval": 150, "steps": None}
 FULL_SIZES = {"n_train": 2048, "n_eval": 500, "steps": 4000}
@@ -182,15 +180,14 @@ class Session:
         return out
 
     def _scenes_across_worlds(self, model, worlds) -> dict:
-        from partlab.evaluation import object_kmeans_miou, scene_splits, semantic_baseline_vectors
+        from partlab.evaluation import object_kmeans_miou, scene_embeddings, scene_splits, semantic_baseline_vectors
 
         out = {}
         for world in dict.fromkeys(worlds):
             test = self.test if world == self.world else scene_splits(
                 size=self.size, n_train=1, n_test=len(self.test["image"]), seed=self.seed, config=world,
                 objects=self.recipe.data.scene_objects)[1]
-            maps = torch.cat([model.embed(test["image"][start:start + 64])["embeddings"].cpu()
-                              for start in range(0, len(test["image"]), 64)])
+            maps, _ = scene_embeddings(model, test["image"])
             scored = object_kmeans_miou(maps, test["instances"], test["semantic"], self.num_parts, seed=self.seed)
             rgb = object_kmeans_miou(semantic_baseline_vectors("rgb", test["image"]), test["instances"],
                                      test["semantic"], self.num_parts, seed=self.seed, normalize=False)
