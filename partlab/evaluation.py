@@ -350,7 +350,7 @@ def summarize_seeds(per_seed: Mapping[int, Mapping[str, float]]) -> SeedSweep:
 def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 4), *,
                overrides: Optional[Mapping] = None, n_eval: int = 150, mask: str = "own", device="auto",
                progress: Optional[bool] = None, split_seed: int = 0, split: str = "test",
-               ablation: Optional[str] = None) -> SeedSweep:
+               ablation: Optional[str] = None, true_part_features: bool = False) -> SeedSweep:
     """Train ``method`` with ``recipe`` once per training seed and score every run on the *same* test images.
 
     Args:
@@ -368,6 +368,9 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
         mask: ``"own"`` or ``"true"`` (:func:`score_model`); part methods only.
         ablation: one of the method's ablations (``"no_sc"``, ...; :func:`ablation_overrides`), applied
             before ``overrides``: a 5-seed ablation table is one sweep per variant.
+        true_part_features: train on features that name every part (the one-hot true part labels,
+            :func:`partlab.part_basis.part_label_features`) in place of the recipe's cached CNN features: the
+            method's ceiling when its features are perfect, a diagnostic (they come from labels), not a result.
 
     Returns:
         a :class:`SeedSweep`: per-seed scores, and their mean and standard deviation.
@@ -391,9 +394,13 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
     else:
         train_eval, test = benchmark_splits(data.category, size=data.size, n_train=n_eval, n_test=n_eval,
                                             seed=split_seed, config=data.world, test_split=split)
+    if true_part_features and scenes:
+        raise ValueError(f"true_part_features is for part methods; {method} learns object categories of scenes")
     per_seed = {}
     for seed in seeds:
         model, dataset, info = base.override({"fit.seed": int(seed)}).build(device=device)
+        if true_part_features:
+            use_true_part_features(dataset, method)
         settings = dict(info["fit"]) if progress is None else dict(info["fit"], progress=progress)
         fit(model, dataset, **settings)
         if scenes:
@@ -404,6 +411,20 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
             per_seed[int(seed)], _ = score_model(model, train_eval, test, category=data.category, device=device,
                                                  mask=mask)
     return summarize_seeds(per_seed)
+
+
+def use_true_part_features(dataset, method: str = "the method") -> None:
+    """Replace a quick recipe's cached features (``dataset.extras["features"]``, a
+    :class:`partlab.data.extras.WithExtras`) by :func:`partlab.part_basis.part_label_features` of the training
+    images' true part labels, in place: ``seed_sweep(..., true_part_features=True)``."""
+    from partlab.data.extras import WithExtras
+    from partlab.part_basis import part_label_features
+
+    if not isinstance(dataset, WithExtras) or "features" not in dataset.extras:
+        raise ValueError(f"true part features replace the features a recipe caches; {method}'s training set has "
+                         f"none (a recipe with data.cache=true and a feature-reading method: scops, contrastive)")
+    parts = torch.stack([torch.as_tensor(dataset.dataset[i]["parts"]) for i in range(len(dataset))])
+    dataset.extras["features"] = part_label_features(parts, dataset.extras["features"])
 
 
 # ---------------------------------------------------------------------------------------------

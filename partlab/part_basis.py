@@ -10,6 +10,10 @@ Two questions a reader asks about that term, each answered by one function here:
 - *How good can the loss get for given part maps?* :func:`fit_part_basis` solves Eq. 4 for the
   basis with ``R`` fixed: a non-negative least-squares problem. For one-hot parts its answer is each
   part's mean feature vector.
+- *What can the method do with features that name every part?* :func:`part_label_features` turns the
+  true part labels into such features (one channel per part), to train a method on them instead of a
+  CNN's (``seed_sweep(..., true_part_features=True)``): the method's ceiling, with the features' share
+  of the problem taken away.
 - *What do part maps and basis become when both are optimised with Eq. 4?* :func:`factorize_features`
   trains free per-pixel part maps (softmax over K+1 channels, channel 0 background) and the basis
   with Adam: a soft non-negative matrix factorisation of the features, SCOPS' term without the
@@ -36,7 +40,7 @@ import torch.nn.functional as F
 from partlab import utils
 from partlab.losses import orthonormal_loss
 
-__all__ = ["FactorizationRun", "basis_cosine", "factorize_features", "fit_part_basis"]
+__all__ = ["FactorizationRun", "basis_cosine", "factorize_features", "fit_part_basis", "part_label_features"]
 
 
 def _target(features: torch.Tensor, saliency: Optional[torch.Tensor]) -> torch.Tensor:
@@ -96,6 +100,50 @@ def fit_part_basis(parts: torch.Tensor, features: torch.Tensor, saliency: Option
         if converged:
             break
     return basis.to(features.dtype)
+
+
+def part_label_features(parts: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Features that name every part: the one-hot true part labels in place of a CNN's features ``like``.
+
+    Channel ``p - 1`` holds part ``p``'s share of each feature cell (the one-hot labels ``1..P`` averaged
+    over the cell, background 0), the other channels are 0; each map is scaled so that its mean squared
+    norm over the foreground cells equals that of ``like`` there (the losses keep their usual magnitude).
+    Used as a method's features (L_sc of SCOPS, L_f / L_c of contrastive discovery), they measure what
+    the method can do when the features are perfect: its ceiling, not a result (they come from labels).
+
+    Args:
+        parts: ``(N, H, W)`` or ``(N, 1, H, W)`` integer part labels, 0 background, ``1..P`` parts.
+        like: ``(N, C, h, w)`` the features they replace (``C >= P``, ``h, w`` divide ``H, W``).
+
+    Returns:
+        ``(N, C, h, w)`` features of ``like``'s dtype, non-negative.
+
+    >>> parts = torch.tensor([[[0, 1], [2, 2]]])                      # (1, 2, 2): background, part 1, part 2
+    >>> part_label_features(parts, torch.ones(1, 3, 2, 2))[0, :, 1, 1]  # a part-2 pixel: squared norm 3, as like's
+    tensor([0.0000, 1.7321, 0.0000])
+    """
+    if parts.dim() == 4:
+        parts = parts[:, 0]
+    if parts.dim() != 3 or like.dim() != 4 or parts.shape[0] != like.shape[0]:
+        raise ValueError(f"parts must be (N, H, W) and like (N, C, h, w) with the same N, got "
+                         f"{tuple(parts.shape)} and {tuple(like.shape)}")
+    parts = parts.long()
+    p = int(parts.max()) if parts.numel() else 0
+    n, c, h, w = like.shape
+    if p > c:
+        raise ValueError(f"{p} parts need at least as many feature channels, the features have {c}")
+    if p == 0:
+        return torch.zeros_like(like)
+    onehot = F.one_hot(parts, p + 1).permute(0, 3, 1, 2)[:, 1:].to(like.dtype)           # (N, P, H, W)
+    onehot = F.adaptive_avg_pool2d(onehot, (h, w))                                       # (N, P, h, w)
+    fg = onehot.sum(dim=1) > 0.5                                                         # (N, h, w) foreground cells
+    if not bool(fg.any()):
+        fg = onehot.sum(dim=1) > 0
+    energy_like = like.relu().pow(2).sum(dim=1)[fg].mean()
+    energy_parts = onehot.pow(2).sum(dim=1)[fg].mean().clamp_min(1e-12)
+    out = torch.zeros_like(like)
+    out[:, :p] = onehot * torch.sqrt(energy_like / energy_parts)
+    return out
 
 
 def basis_cosine(basis: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

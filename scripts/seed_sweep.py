@@ -6,6 +6,7 @@
     python scripts/seed_sweep.py scops --split val --split-seed 100 --seeds 0 1 2 --set model.network=standin_unet
     python scripts/seed_sweep.py scops --ablation no_sc        # one row of a 5-seed ablation table
     python scripts/seed_sweep.py maskcontrast --n-eval 300     # scenes: K-means mIoU (K = 4, 8, 16 clusters)
+    python scripts/seed_sweep.py scops --split val --true-part-features   # the ceiling with perfect features
 
 Settings are chosen with ``--split val`` (the validation split); the test split only reports them.
 
@@ -34,6 +35,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--ablation", help="one of the method's ablations (e.g. scops: no_sc, no_con, "
                         "no_eqv, no_saliency, only_sc), applied before --set")
+    parser.add_argument("--true-part-features", action="store_true",
+                        help="train on the one-hot true part labels as features (the method's ceiling with perfect "
+                             "features; a diagnostic, not a result)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE")
     parser.add_argument("--mask", choices=("own", "true"), default="own")
     parser.add_argument("--n-eval", type=int, default=150)
@@ -59,9 +63,11 @@ def main() -> None:
     start = time.perf_counter()
     sweep = evaluation.seed_sweep(args.method, args.recipe, args.seeds, overrides=args.set, n_eval=args.n_eval,
                                   mask=args.mask, device=args.device, progress=False, split=args.split,
-                                  split_seed=args.split_seed, ablation=args.ablation)
+                                  split_seed=args.split_seed, ablation=args.ablation,
+                                  true_part_features=args.true_part_features)
     minutes = (time.perf_counter() - start) / 60
-    changes = ([f"ablation {args.ablation}"] if args.ablation else []) + args.set
+    changes = (([f"ablation {args.ablation}"] if args.ablation else [])
+               + (["true part features"] if args.true_part_features else []) + args.set)
     scored = "the true objects, K-means" if scenes else f"mask {args.mask}"
     what = "scenes" if scenes else "images"
     print(f"{args.method} ({args.recipe} recipe, {' '.join(changes) or 'as is'}), {scored}, "

@@ -176,3 +176,30 @@ def test_seed_sweep_scores_a_scenes_method_by_the_kmeans_protocol():
     with pytest.raises(ValueError, match="part methods"):
         evaluation.seed_sweep("maskcontrast", "quick", seeds=(0,), n_eval=12, device="cpu", mask="true",
                               overrides=small)
+
+
+def test_true_part_features_replace_the_cached_features_and_change_the_run():
+    """seed_sweep(true_part_features=True): the training set's cached features become the one-hot true parts."""
+    from partlab.methods.registry import get_method
+
+    small = {"data.size": 32, "data.n_train": 8, "fit.max_steps": 2, "fit.batch_size": 4}
+    _, dataset, _ = get_method("scops").recipe("quick").override(small).build(device="cpu")
+    before = dataset.extras["features"].clone()
+    evaluation.use_true_part_features(dataset, "scops")
+    after = dataset.extras["features"]
+    assert after.shape == before.shape and not torch.equal(after, before)
+    parts = dataset.dataset[3]["parts"]
+    num = int(parts.max())
+    assert after[3, num:].abs().sum() == 0                                          # one channel per part, no more
+    assert torch.equal(after[3, :num].sum(0) > 0,
+                       torch.nn.functional.adaptive_avg_pool2d((parts > 0).float()[None, None],
+                                                               after.shape[-2:])[0, 0] > 0)   # only where the bird is
+    settings = dict(seeds=(0,), n_eval=16, device="cpu", progress=False, overrides=small)
+    oracle = evaluation.seed_sweep("scops", "quick", true_part_features=True, **settings)
+    plain = evaluation.seed_sweep("scops", "quick", **settings)
+    assert oracle["per_seed"][0] != pytest.approx(plain["per_seed"][0])
+    with pytest.raises(ValueError, match="part methods"):
+        evaluation.seed_sweep("maskcontrast", "quick", seeds=(0,), n_eval=12, device="cpu", true_part_features=True,
+                              overrides={**small, "model.queue_size": 8})
+    with pytest.raises(ValueError, match="caches"):
+        evaluation.use_true_part_features(dataset.dataset, "scops")

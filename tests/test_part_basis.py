@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from partlab.losses import orthonormal_loss, semantic_consistency_loss
-from partlab.part_basis import FactorizationRun, basis_cosine, factorize_features, fit_part_basis
+from partlab.part_basis import FactorizationRun, basis_cosine, factorize_features, fit_part_basis, part_label_features
 
 
 def _gen(seed=0):
@@ -117,3 +117,31 @@ def test_factorization_records_the_semantic_consistency_loss():
     direct = semantic_consistency_loss(run.probs[:, 1:], features, run.basis, saliency).item()
     assert run.history[-1]["sc"] == pytest.approx(direct, rel=1e-4)
     assert run.history[-1]["orthonormal"] == pytest.approx(orthonormal_loss(run.basis).item(), rel=1e-5)
+
+
+def test_part_label_features_are_the_parts_shares_at_the_features_energy():
+    parts = torch.zeros(2, 4, 4, dtype=torch.long)
+    parts[0, :2, :2] = 1                                    # image 0: part 1 fills the top-left feature cell
+    parts[0, :2, 2:] = 2
+    parts[1, 2:, :] = 1
+    parts[1, 0, 0] = 3                                      # image 1: part 3 covers a quarter of a cell
+    like = torch.rand(2, 5, 2, 2) + 0.5
+    out = part_label_features(parts, like)
+    assert out.shape == like.shape and bool((out >= 0).all())
+    assert torch.equal(out[:, 3:], torch.zeros(2, 2, 2, 2))                          # channels past the parts: 0
+    assert out[0, 0, 0, 0] > 0 and out[0, 1, 0, 0] == 0 and out[0, 1, 0, 1] > 0   # one part per channel
+    assert torch.equal(out[0, :, 1], torch.zeros(5, 2))                             # background cells: 0
+    assert out[1, 2, 0, 0] == pytest.approx(out[1, 0, 1, 0] / 4)                    # a quarter share
+    cells = like.pow(2).sum(1)                              # foreground cells (over half a part): 4 in all
+    energy = (cells[0, 0, 0] + cells[0, 0, 1] + cells[1, 1, 0] + cells[1, 1, 1]) / 4
+    for n, y, x in ((0, 0, 0), (0, 0, 1), (1, 1, 0), (1, 1, 1)):                   # single-part cells: like's
+        assert out[n, :, y, x].pow(2).sum() == pytest.approx(float(energy), rel=1e-5)   # mean energy
+
+
+def test_part_label_features_refuse_too_few_channels_and_keep_no_parts_at_zero():
+    parts = torch.randint(0, 4, (1, 8, 8))
+    parts[0, 0, 0] = 3
+    with pytest.raises(ValueError, match="3 parts need at least as many feature channels"):
+        part_label_features(parts, torch.ones(1, 2, 4, 4))
+    assert torch.equal(part_label_features(torch.zeros(1, 8, 8, dtype=torch.long), torch.ones(1, 4, 4, 4)),
+                       torch.zeros(1, 4, 4, 4))
