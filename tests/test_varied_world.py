@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from partlab.data.synthetic import APPEARANCES, CATEGORIES, WORLDS, SyntheticConfig, SyntheticParts, render
 from partlab.recipes import DataSpec
@@ -61,6 +62,15 @@ def test_world_names_and_bad_values():
     assert DataSpec(world="varied").world == "varied"
     with pytest.raises(ValueError, match="data.world"):
         DataSpec(world="colourful")
+
+
+def test_the_closeup_world_draws_the_same_birds_larger():
+    default = SyntheticParts("bird", size=64, length=24, seed=5, split="val")
+    closeup = SyntheticParts("bird", size=64, length=24, seed=5, split="val", config="closeup")
+    share = lambda data: float(torch.stack([data[i]["fg"] for i in range(len(data))]).float().mean())
+    assert share(closeup) > 2.5 * share(default)                       # about a third of the frame, not a tenth
+    assert SyntheticConfig.closeup().scale == (1.6, 2.0) and DataSpec(world="closeup").world == "closeup"
+    assert SyntheticConfig.closeup().appearance == "typed"              # only the size changes
 
 
 def test_recipes_train_and_score_on_the_named_world():
