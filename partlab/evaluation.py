@@ -385,6 +385,8 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
     base = base.override(overrides)
     data = base.data
     scenes = entry.data == "scenes"
+    if true_part_features and scenes:
+        raise ValueError(f"true_part_features is for part methods; {method} learns object categories of scenes")
     if scenes:
         if mask != "own":
             raise ValueError(f"mask={mask!r} is for part methods; {method} is scored on the true objects of each "
@@ -394,8 +396,6 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
     else:
         train_eval, test = benchmark_splits(data.category, size=data.size, n_train=n_eval, n_test=n_eval,
                                             seed=split_seed, config=data.world, test_split=split)
-    if true_part_features and scenes:
-        raise ValueError(f"true_part_features is for part methods; {method} learns object categories of scenes")
     per_seed = {}
     for seed in seeds:
         model, dataset, info = base.override({"fit.seed": int(seed)}).build(device=device)

@@ -129,7 +129,7 @@ def part_label_features(parts: torch.Tensor, like: torch.Tensor) -> torch.Tensor
                          f"{tuple(parts.shape)} and {tuple(like.shape)}")
     parts = parts.long()
     p = int(parts.max()) if parts.numel() else 0
-    n, c, h, w = like.shape
+    _, c, h, w = like.shape
     if p > c:
         raise ValueError(f"{p} parts need at least as many feature channels, the features have {c}")
     if p == 0:
