@@ -417,13 +417,14 @@ def use_true_part_features(dataset, method: str = "the method") -> None:
     """Replace a quick recipe's cached features (``dataset.extras["features"]``, a
     :class:`partlab.data.extras.WithExtras`) by :func:`partlab.part_basis.part_label_features` of the training
     images' true part labels, in place: ``seed_sweep(..., true_part_features=True)``."""
+    from partlab.data.collate import stack_dataset
     from partlab.data.extras import WithExtras
     from partlab.part_basis import part_label_features
 
     if not isinstance(dataset, WithExtras) or "features" not in dataset.extras:
         raise ValueError(f"true part features replace the features a recipe caches; {method}'s training set has "
                          f"none (a recipe with data.cache=true and a feature-reading method: scops, contrastive)")
-    parts = torch.stack([torch.as_tensor(dataset.dataset[i]["parts"]) for i in range(len(dataset))])
+    parts = stack_dataset(dataset.dataset, keys=["parts"])["parts"]
     dataset.extras["features"] = part_label_features(parts, dataset.extras["features"])
 
 
