@@ -162,7 +162,7 @@ def benchmark_splits(category: str = "bird", size: int = 64, n_train: int = 200,
 
 def baseline_parts(name: str, images: torch.Tensor, fg: torch.Tensor, num_parts: int, *, extractor=None,
                    features: str = "auto", device="auto", seed: int = 0,
-                   kmeans: str = "partlab") -> Dict[str, torch.Tensor]:
+                   kmeans: str = "partlab", part_labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """K-means, DFF or position part maps of a collection (true foreground as the background split, as in
     the contrastive paper's K-means baseline) -> dict(probs, labels, centers).
 
@@ -175,6 +175,11 @@ def baseline_parts(name: str, images: torch.Tensor, fg: torch.Tensor, num_parts:
     its object; ``"xy"``, on its image position; ``"rgbxy"``, on colour and position;
     :func:`partlab.baselines.position_parts`) use no features: ``extractor``, ``features`` and
     ``kmeans`` are ignored and no extractor is built.
+
+    ``part_labels`` ``(N, H, W)``, the true parts of ``images``: the feature baselines then read
+    :func:`partlab.part_basis.part_label_features` of them in place of the CNN features (perfect features,
+    scaled to the CNN's energy): what K-means and DFF reach when the features name every part, the
+    comparison for ``seed_sweep(..., true_part_features=True)``. A diagnostic; the labels never reach a method.
     """
     from partlab import baselines
 
@@ -191,6 +196,12 @@ def baseline_parts(name: str, images: torch.Tensor, fg: torch.Tensor, num_parts:
     protocol = baselines.KMEANS_PROTOCOLS[kmeans]
     recipe = protocol["layers"] if name == "kmeans" else name
     feats = extract_features(extractor, images, layers=extractor.layers_for(recipe))
+    if part_labels is not None:
+        from partlab.part_basis import part_label_features
+
+        if part_labels.shape[0] != images.shape[0]:
+            raise ValueError(f"part_labels holds {part_labels.shape[0]} label maps for {images.shape[0]} images")
+        feats = part_label_features(part_labels, feats)
     if name == "kmeans":
         out = baselines.kmeans_parts(feats, fg, num_parts, seed=seed, fit_size=protocol["fit_size"],
                                      max_iter=protocol["max_iter"])
@@ -225,9 +236,12 @@ def baseline_mask(images: torch.Tensor, fg: torch.Tensor, mask: str = "true", *,
 
 def score_baseline(name: str, train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor], *,
                    category: Optional[str] = None, num_parts: Optional[int] = None,
-                   mask: "str | torch.Tensor" = "true", **kwargs):
+                   mask: "str | torch.Tensor" = "true", true_part_features: bool = False, **kwargs):
     """Fit a baseline on the train and test images together (a collection-level method), score the
     test part -> (metrics, test predictions).
+
+    ``true_part_features``: the feature baselines read the one-hot true parts instead of CNN features
+    (:func:`baseline_parts` ``part_labels``): their ceiling, a diagnostic.
 
     ``mask`` (:func:`baseline_mask`): ``"true"`` foreground (default), ``"rbd"`` saliency (what a
     method trained without masks, like SCOPS, sees), ``"none"``, or the ``(N_train + N_test, 1, H, W)``
@@ -237,6 +251,8 @@ def score_baseline(name: str, train: Mapping[str, torch.Tensor], test: Mapping[s
     n = len(train["image"])
     images = torch.cat([train["image"], test["image"]])
     fg = baseline_mask(images, torch.cat([train["fg"], test["fg"]]), mask) if isinstance(mask, str) else mask
+    if true_part_features:
+        kwargs["part_labels"] = torch.cat([train["parts"], test["parts"]])
     pred = baseline_parts(name, images, fg, k, **kwargs)
     pred_train, pred_test = split_predictions(pred, n)
     scores = score_parts(pred_test, test, pred_train=pred_train, truth_train=train, category=category)
@@ -350,7 +366,8 @@ def summarize_seeds(per_seed: Mapping[int, Mapping[str, float]]) -> SeedSweep:
 def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 4), *,
                overrides: Optional[Mapping] = None, n_eval: int = 150, mask: str = "own", device="auto",
                progress: Optional[bool] = None, split_seed: int = 0, split: str = "test",
-               ablation: Optional[str] = None, true_part_features: bool = False) -> SeedSweep:
+               ablation: Optional[str] = None, true_part_features: bool = False,
+               baselines: Sequence[str] = (), baseline_masks: Sequence[str] = ("true",)) -> SeedSweep:
     """Train ``method`` with ``recipe`` once per training seed and score every run on the *same* test images.
 
     Args:
@@ -371,9 +388,15 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
         true_part_features: train on features that name every part (the one-hot true part labels,
             :func:`partlab.part_basis.part_label_features`) in place of the recipe's cached CNN features: the
             method's ceiling when its features are perfect, a diagnostic (they come from labels), not a result.
+        baselines: training-free baselines (:data:`ALL_BASELINES`: ``"kmeans"``, ``"dff"``, ``"position"``, ...)
+            scored once on the same images with the same K, world and features as the runs (with
+            ``true_part_features``, on the true parts as features too), inside each mask of ``baseline_masks``
+            (:func:`baseline_mask`: ``"rbd"`` is what SCOPS sees, ``"true"`` what contrastive discovery is
+            given): part methods only.
 
     Returns:
-        a :class:`SeedSweep`: per-seed scores, and their mean and standard deviation.
+        a :class:`SeedSweep`: per-seed scores, their mean and standard deviation, and with ``baselines``
+        ``"baselines"``: ``{"kmeans (rbd)": scores, ...}``.
     """
     from partlab.methods.registry import get_method
     from partlab.train import fit
@@ -387,6 +410,15 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
     scenes = entry.data == "scenes"
     if true_part_features and scenes:
         raise ValueError(f"true_part_features is for part methods; {method} learns object categories of scenes")
+    if baselines and scenes:
+        raise ValueError(f"baselines are scored on birds; {method} is compared with its own scene baselines "
+                         f"(colour and frozen features) by semantic_benchmark")
+    unknown = [b for b in baselines if b not in ALL_BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choices: {list(ALL_BASELINES)}")
+    bad_masks = [m for m in baseline_masks if m not in BASELINE_MASKS]
+    if bad_masks:
+        raise ValueError(f"baseline_masks {bad_masks}; choose from {list(BASELINE_MASKS)}")
     if scenes:
         if mask != "own":
             raise ValueError(f"mask={mask!r} is for part methods; {method} is scored on the true objects of each "
@@ -410,7 +442,13 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
         else:
             per_seed[int(seed)], _ = score_model(model, train_eval, test, category=data.category, device=device,
                                                  mask=mask)
-    return summarize_seeds(per_seed)
+    sweep = summarize_seeds(per_seed)
+    if baselines:
+        sweep["baselines"], _ = score_baselines(train_eval, test, names=baselines, masks=baseline_masks,
+                                                category=data.category, num_parts=model.num_parts,
+                                                features=data.features, device=device,
+                                                true_part_features=true_part_features)
+    return sweep
 
 
 def use_true_part_features(dataset, method: str = "the method") -> None:

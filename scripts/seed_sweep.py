@@ -7,6 +7,7 @@
     python scripts/seed_sweep.py scops --ablation no_sc        # one row of a 5-seed ablation table
     python scripts/seed_sweep.py maskcontrast --n-eval 300     # scenes: K-means mIoU (K = 4, 8, 16 clusters)
     python scripts/seed_sweep.py scops --split val --true-part-features   # the ceiling with perfect features
+    python scripts/seed_sweep.py scops --split val --baselines kmeans position --baseline-mask rbd  # and its floor
 
 Settings are chosen with ``--split val`` (the validation split); the test split only reports them.
 
@@ -38,6 +39,11 @@ def main() -> None:
     parser.add_argument("--true-part-features", action="store_true",
                         help="train on the one-hot true part labels as features (the method's ceiling with perfect "
                              "features; a diagnostic, not a result)")
+    parser.add_argument("--baselines", nargs="+", default=[], choices=list(evaluation.ALL_BASELINES),
+                        help="also score these training-free baselines once on the same images, K, world and "
+                             "features (on the true parts as features with --true-part-features)")
+    parser.add_argument("--baseline-mask", nargs="+", default=["true"], choices=list(evaluation.BASELINE_MASKS),
+                        help="where the baselines look for parts: true (default), rbd (what SCOPS sees), none")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE")
     parser.add_argument("--mask", choices=("own", "true"), default="own")
     parser.add_argument("--n-eval", type=int, default=150)
@@ -56,6 +62,8 @@ def main() -> None:
     unknown = [c for c in columns if c not in known and not (scenes and c.startswith("miou@"))]
     if scenes and args.mask != "own":
         parser.error(f"--mask is for part methods; {args.method} is scored on the true objects of each scene")
+    if scenes and args.baselines:
+        parser.error(f"--baselines is for part methods; {args.method}'s scene baselines are in its notebook")
     if unknown:
         parser.error(f"unknown column(s) {unknown} for {args.method}; choose from {list(known)}"
                      + (" or miou@C (C clusters: 8, 16 at K = 4)" if scenes else ""))
@@ -64,7 +72,8 @@ def main() -> None:
     sweep = evaluation.seed_sweep(args.method, args.recipe, args.seeds, overrides=args.set, n_eval=args.n_eval,
                                   mask=args.mask, device=args.device, progress=False, split=args.split,
                                   split_seed=args.split_seed, ablation=args.ablation,
-                                  true_part_features=args.true_part_features)
+                                  true_part_features=args.true_part_features, baselines=args.baselines,
+                                  baseline_masks=args.baseline_mask)
     minutes = (time.perf_counter() - start) / 60
     changes = (([f"ablation {args.ablation}"] if args.ablation else [])
                + (["true part features"] if args.true_part_features else []) + args.set)
@@ -77,6 +86,10 @@ def main() -> None:
     for seed, scores in sweep["per_seed"].items():
         print(f"| {seed} | " + " | ".join(f"{scores[c]:.3f}" for c in columns) + " |")
     print("| mean ± std | " + " | ".join(sweep.format(c) for c in columns) + " |")
+    for name, scores in sweep.get("baselines", {}).items():
+        perfect = args.true_part_features and name.split(" ")[0] in evaluation.BASELINES   # position reads no features
+        print(f"| {name}{' on the true parts' if perfect else ''} | "
+              + " | ".join(f"{scores[c]:.3f}" for c in columns) + " |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(sweep, indent=2) + "\n")

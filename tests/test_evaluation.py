@@ -203,3 +203,58 @@ def test_true_part_features_replace_the_cached_features_and_change_the_run():
                               overrides={**small, "model.queue_size": 8})
     with pytest.raises(ValueError, match="caches"):
         evaluation.use_true_part_features(dataset.dataset, "scops")
+
+
+def test_baselines_on_the_true_parts_as_features_are_their_ceiling(split):
+    """score_baseline(true_part_features=True): K-means and DFF read the one-hot true parts instead of the CNN's
+    features (far better), the position baselines read no features (unchanged)."""
+    train, test = split
+    kw = dict(category="bird", features="standin", device="cpu")
+    for name in ("kmeans", "dff"):
+        plain, _ = evaluation.score_baseline(name, train, test, **kw)
+        ceiling, _ = evaluation.score_baseline(name, train, test, true_part_features=True, **kw)
+        assert ceiling["fg_ari"] > plain["fg_ari"] + 0.15, name
+    plain, _ = evaluation.score_baseline("position", train, test, **kw)
+    same, _ = evaluation.score_baseline("position", train, test, true_part_features=True, **kw)
+    assert same == pytest.approx(plain)
+    images, fg = test["image"], test["fg"]
+    with pytest.raises(ValueError, match="3 label maps for 12 images"):
+        evaluation.baseline_parts("kmeans", images, fg, 6, features="standin", device="cpu",
+                                  part_labels=test["parts"][:3])
+
+
+def test_seed_sweep_scores_the_baselines_once_on_the_same_images():
+    small = {"data.size": 32, "data.n_train": 8, "fit.max_steps": 2, "fit.batch_size": 4, "data.features": "standin"}
+    settings = dict(seeds=(0,), n_eval=16, device="cpu", progress=False, overrides=small, split="val", split_seed=3)
+    sweep = evaluation.seed_sweep("scops", "quick", baselines=("kmeans", "position"), baseline_masks=("rbd", "true"),
+                                  **settings)
+    assert list(sweep["baselines"]) == ["kmeans (rbd)", "position (rbd)", "kmeans (true)", "position (true)"]
+    train, test = evaluation.benchmark_splits("bird", size=32, n_train=16, n_test=16, seed=3, test_split="val")
+    by_hand, _ = evaluation.score_baselines(train, test, names=("kmeans",), masks=("rbd",), category="bird",
+                                            num_parts=6, features="standin", device="cpu")
+    assert sweep["baselines"]["kmeans (rbd)"] == pytest.approx(by_hand["kmeans (rbd)"])
+    assert "baselines" not in evaluation.seed_sweep("scops", "quick", **settings)
+    with pytest.raises(ValueError, match="unknown baseline.*'bogus'"):
+        evaluation.seed_sweep("scops", "quick", baselines=("bogus",), **settings)
+    with pytest.raises(ValueError, match="scene baselines"):
+        evaluation.seed_sweep("maskcontrast", "quick", seeds=(0,), n_eval=12, device="cpu", baselines=("kmeans",),
+                              overrides={**small, "model.queue_size": 8})
+
+
+def test_seed_sweep_script_prints_the_baselines_under_the_runs(monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "seed_sweep.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "scops", "--seeds", "0", "--n-eval", "12", "--split", "val",
+                                      "--set", "data.size=32", "--set", "data.n_train=8", "--set", "fit.max_steps=1",
+                                      "--set", "fit.batch_size=4", "--set", "data.features=standin",
+                                      "--true-part-features", "--baselines", "kmeans", "position",
+                                      "--baseline-mask", "true", "--columns", "fg_ari"])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert rows[-2].startswith("| kmeans (true) on the true parts | ")          # K-means read the true parts
+    assert rows[-1].startswith("| position (true) | ")                          # position reads no features
+    assert "true part features" in out
