@@ -410,6 +410,7 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
     scenes = entry.data == "scenes"
     if true_part_features and scenes:
         raise ValueError(f"true_part_features is for part methods; {method} learns object categories of scenes")
+    # the baselines' names and masks are checked here, before minutes of training, not after
     if baselines and scenes:
         raise ValueError(f"baselines are scored on birds; {method} is compared with its own scene baselines "
                          f"(colour and frozen features) by semantic_benchmark")
