@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from partlab.data.synthetic import APPEARANCES, CATEGORIES, WORLDS, SyntheticConfig, SyntheticParts, render
+from partlab.data import stack_dataset
 from partlab.recipes import DataSpec
 
 
@@ -67,7 +68,7 @@ def test_world_names_and_bad_values():
 def test_the_closeup_world_draws_the_same_birds_larger():
     default = SyntheticParts("bird", size=64, length=24, seed=5, split="val")
     closeup = SyntheticParts("bird", size=64, length=24, seed=5, split="val", config="closeup")
-    share = lambda data: float(torch.stack([data[i]["fg"] for i in range(len(data))]).float().mean())
+    share = lambda data: float(stack_dataset(data, keys=["fg"])["fg"].float().mean())
     assert share(closeup) > 2.5 * share(default)                       # about a third of the frame, not a tenth
     assert SyntheticConfig.closeup().scale == (1.6, 2.0) and DataSpec(world="closeup").world == "closeup"
     assert SyntheticConfig.closeup().appearance == "typed"              # only the size changes
