@@ -188,6 +188,9 @@ def test_recipe_setup_with_world_or_rbd_saliency():
     model, data, info = get_recipe("maskcontrast", "quick").override(tiny).build(device="cpu")
     assert model.mask_key == "saliency" and info["saliency"] == "world" and model.num_parts == 4
     assert data[0]["saliency"].shape == (1, 32, 32)
+    assert info["network"] == "random initialisation"
+    quick = get_recipe("maskcontrast", "quick").override({k: v for k, v in tiny.items() if k.startswith(("data", "fit"))})
+    assert quick.build(device="cpu")[2]["network"].startswith("encoder: stand-in standin_v")   # the recipe's start, named
     rbd = get_recipe("maskcontrast", "quick").override({**tiny, "model.saliency_source": "rbd"})
     model, data, info = rbd.build(device="cpu")
     assert model.mask_key == "rbd" and info["saliency"] == "rbd" and data[0]["rbd"].shape == (1, 32, 32)

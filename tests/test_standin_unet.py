@@ -21,6 +21,10 @@ def test_pretrained_encoder_is_the_stand_in_trunk():
     assert feats.shape == (2, net.feature_channels, 40, 56)
     scratch = StandinUNet(7, pretrained=False)
     assert not torch.equal(scratch.encoder[0][0].weight, first.weight)
+    assert net.weights_used.startswith("encoder: stand-in standin_v1") and extractor.weights_hash in net.weights_used
+    assert scratch.weights_used.startswith("random initialisation")
+    v2 = StandinUNet(7, pretrained=True, standin="standin_v2")
+    assert "standin_v2" in v2.weights_used
     assert extractor.features[0].weight.requires_grad is False, "the shared extractor stays frozen"
 
 

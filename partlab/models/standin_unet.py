@@ -60,6 +60,9 @@ class StandinUNet(nn.Module):
         trunk, index = standin_network()
         if pretrained:
             trunk, index, self.standin_source = _load_trunk(standin)
+        # a sentence naming the start, as DeepLab's (run records and notebooks print it)
+        self.weights_used = (f"encoder: stand-in {self.standin_source}, blocks 1-{encoder_blocks}" if pretrained
+                             else "random initialisation (pretrained=False)")
         widths = {int(name[0]): out for name, out, _, _ in STANDIN_LAYOUT}
         # cut the trunk into levels: a level ends at its block's second ReLU (the pool starts the next)
         cuts = [index[f"relu{b}_2"] + 1 for b in range(1, encoder_blocks + 1)]
