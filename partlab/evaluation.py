@@ -640,6 +640,9 @@ def benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str, torc
 # ---------------------------------------------------------------------------------------------
 
 SEMANTIC_BASELINES = ("rgb", "features")
+# The same inputs clustered per pixel, as the supplementary scores its baselines (Sec. 4: K-means on each pixel's
+# backbone features): every object pixel gets its own cluster, so one object may be split.
+PIXEL_BASELINES = ("rgb pixels", "features pixels")
 
 
 def object_vectors(maps: torch.Tensor, objects: torch.Tensor, normalize: bool = True) -> tuple:
@@ -696,15 +699,52 @@ def object_kmeans_miou(maps: torch.Tensor, objects: torch.Tensor, semantic: torc
     return out
 
 
+def pixel_kmeans_miou(maps: torch.Tensor, objects: torch.Tensor, semantic: torch.Tensor, num_classes: int, *,
+                      clusters: Optional[int] = None, seed: int = 0, normalize: bool = True,
+                      max_fit: int = 20000) -> dict:
+    """The baselines' protocol of the supplementary: K-means (``clusters``, default ``num_classes``; sklearn, 10
+    inits, fitted on at most ``max_fit`` object pixels drawn with ``seed``) on the vector of every object pixel
+    (``objects`` ``(N, H, W)`` > 0: the same objects :func:`object_kmeans_miou` is given), each pixel labelled
+    ``1 + its cluster``, the rest background 0, scored by Hungarian mIoU as :func:`object_kmeans_miou`.
+    ``normalize``: L2-normalise each pixel's vector (CNN features) or not (raw colours). Unlike the object
+    protocol, the pixels of one object may fall into different clusters. Returns the same keys."""
+    import numpy as np
+    import torch.nn.functional as F
+    from sklearn.cluster import KMeans
+
+    clusters = num_classes if clusters is None else int(clusters)
+    objects = (objects[:, 0] if objects.dim() == 4 else objects).long()
+    if objects.shape[-2:] != maps.shape[-2:]:
+        raise ValueError(f"pixel_kmeans_miou needs maps at the objects' size {tuple(objects.shape[-2:])}, "
+                         f"got {tuple(maps.shape[-2:])}")
+    on = objects > 0
+    vectors = maps.float().permute(0, 2, 3, 1)[on]
+    vectors = F.normalize(vectors, dim=1) if normalize else vectors
+    if len(vectors) < clusters:
+        raise ValueError(f"K-means with {clusters} clusters needs at least as many object pixels, got {len(vectors)}")
+    data = vectors.double().numpy()
+    rng = np.random.default_rng(seed)
+    fit = data if len(data) <= max_fit else data[rng.choice(len(data), max_fit, replace=False)]
+    kmeans = KMeans(clusters, n_init=10, random_state=seed).fit(fit)
+    labels = torch.zeros_like(objects)
+    labels[on] = torch.from_numpy(kmeans.predict(data)).long() + 1
+    out = metrics.hungarian_miou(labels.numpy(), semantic.long().numpy(), num_classes + 1,
+                                 many_to_one=clusters != num_classes, num_clusters=clusters + 1)
+    out["num_objects"] = int(sum((o.unique() > 0).sum() for o in objects))
+    out["labels"] = labels
+    return out
+
+
 @torch.no_grad()
 def semantic_baseline_vectors(name: str, images: torch.Tensor, *, extractor=None, batch_size: int = 64) -> torch.Tensor:
     """Per-pixel maps a semantic baseline clusters: ``"rgb"`` the raw colours ``(N, 3, H, W)``, ``"features"`` the
     frozen extractor's (default ``get_extractor("auto")``) ``"kmeans"`` layers (those of partlab's K-means part
     baseline) upsampled to the image size and concatenated."""
+    name = name[:-len(" pixels")] if name.endswith(" pixels") else name
     if name == "rgb":
         return images.float()
     if name != "features":
-        raise ValueError(f"unknown semantic baseline {name!r}; choose one of {SEMANTIC_BASELINES}")
+        raise ValueError(f"unknown semantic baseline {name!r}; choose one of {SEMANTIC_BASELINES + PIXEL_BASELINES}")
     from partlab.features import extract_features, get_extractor
 
     extractor = get_extractor("auto") if extractor is None else extractor
@@ -725,7 +765,7 @@ def scene_embeddings(model, images: torch.Tensor, batch_size: int = 64) -> tuple
 
 def semantic_benchmark(models: Mapping[str, object], scenes: Mapping[str, torch.Tensor], num_classes: int, *,
                        clusters: Sequence[int] = (), objects: str = "instances",
-                       baselines: Sequence[str] = SEMANTIC_BASELINES, extractor=None, seed: int = 0
+                       baselines: Sequence[str] = SEMANTIC_BASELINES + PIXEL_BASELINES, extractor=None, seed: int = 0
                        ) -> Dict[str, Dict[str, float]]:
     """K-means mIoU of each model (and baseline) on ``scenes`` (``"image"``, ``"semantic"``, ``"saliency"``,
     ``"instances"``): ``{name: {"miou", "acc", "nmi", "ari", "miou@C" for C in clusters}}``.
@@ -734,7 +774,14 @@ def semantic_benchmark(models: Mapping[str, object], scenes: Mapping[str, torch.
     scenes hold up to three objects of different categories), ``"saliency"`` each image's true salient region
     as one object (the paper's VOC protocol, which mixes categories in a scene), or ``"predicted"`` each
     model's own saliency head > 0.5 as one object (baselines then use the true saliency). Models give their
-    embeddings with :meth:`partlab.methods.MaskContrast.embed`."""
+    embeddings with :meth:`partlab.methods.MaskContrast.embed`.
+
+    ``baselines``: ``"rgb"`` and ``"features"`` are clustered as the models are, one mean vector per object (the
+    stricter comparison: each object gets one label for free); ``"rgb pixels"`` and ``"features pixels"`` per
+    pixel (:func:`pixel_kmeans_miou`), the supplementary's protocol for its baselines."""
+    unknown = [b for b in baselines if b not in SEMANTIC_BASELINES + PIXEL_BASELINES]
+    if unknown:
+        raise ValueError(f"unknown semantic baseline(s) {unknown}; choose from {SEMANTIC_BASELINES + PIXEL_BASELINES}")
     if objects not in ("instances", "saliency", "predicted"):
         raise ValueError(f"objects={objects!r}; choose 'instances', 'saliency' or 'predicted'")
     semantic = scenes["semantic"].long()
@@ -747,11 +794,12 @@ def semantic_benchmark(models: Mapping[str, object], scenes: Mapping[str, torch.
         sources[f"kmeans ({name})"] = (semantic_baseline_vectors(name, scenes["image"], extractor=extractor), truth)
     results: Dict[str, Dict[str, float]] = {}
     for name, (maps, found) in sources.items():
-        options = {"seed": seed, "normalize": name != "kmeans (rgb)"}
-        scored = object_kmeans_miou(maps, found, semantic, num_classes, **options)
+        options = {"seed": seed, "normalize": not name.startswith("kmeans (rgb")}
+        protocol = pixel_kmeans_miou if name.endswith(" pixels)") else object_kmeans_miou
+        scored = protocol(maps, found, semantic, num_classes, **options)
         row = {k: scored[k] for k in ("miou", "acc", "nmi", "ari")}
         for c in clusters:
-            row[f"miou@{c}"] = object_kmeans_miou(maps, found, semantic, num_classes, clusters=c, **options)["miou"]
+            row[f"miou@{c}"] = protocol(maps, found, semantic, num_classes, clusters=c, **options)["miou"]
         results[name] = row
     return results
 
@@ -797,11 +845,13 @@ def scene_splits(size: int = 64, n_train: int = 200, n_test: int = 200, seed: in
 
 def scene_benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor],
                     num_classes: int, *, clusters: Sequence[int] = (), probe: bool = True,
-                    baselines: Sequence[str] = SEMANTIC_BASELINES, objects: str = "instances",
+                    baselines: Sequence[str] = SEMANTIC_BASELINES + PIXEL_BASELINES, objects: str = "instances",
                     probe_steps: int = 300, extractor=None, seed: int = 0, device="cpu") -> Benchmark:
     """The semantic methods' benchmark (MaskContrast) as one :class:`Benchmark`, the counterpart of
     :func:`benchmark` for part methods: one row per model and per baseline input (``"rgb"``: raw colours,
-    ``"features"``: the frozen extractor).
+    ``"features"``: the frozen extractor, one mean per object as the models; ``"rgb pixels"``, ``"features
+    pixels"``: the same clustered per pixel, the supplementary's baseline protocol; their probe is the same
+    as the per-object row's, since a linear probe reads pixels either way).
 
     Columns: ``miou`` (K-means with K = ``num_classes`` on one mean vector per object, Hungarian mIoU,
     :func:`semantic_benchmark`), ``miou@C`` for each C in ``clusters`` (overclustering, majority vote),
@@ -812,7 +862,7 @@ def scene_benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str
     models = dict(models) if isinstance(models, Mapping) else {"maskcontrast": models}
     if not models:
         raise ValueError("scene_benchmark needs at least one model")
-    if baselines and "features" in baselines and extractor is None:
+    if any(b.startswith("features") for b in baselines) and extractor is None:
         from partlab.features import get_extractor
 
         extractor = get_extractor("auto", device=device)
@@ -821,11 +871,14 @@ def scene_benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str
     rename = {f"kmeans ({name})": name for name in baselines}
     results = {rename.get(name, name): row for name, row in kmeans.items()}
     if probe:
-        probed = semantic_linear_probe(models, train, test, num_classes, baselines=baselines, extractor=extractor,
+        inputs = tuple(dict.fromkeys(b[:-len(" pixels")] if b.endswith(" pixels") else b for b in baselines))
+        probed = semantic_linear_probe(models, train, test, num_classes, baselines=inputs, extractor=extractor,
                                        steps=probe_steps, seed=seed, device=device)
         for name, row in probed.items():
             key = name[len("probe ("):-1] if name.startswith("probe (") else name
-            results[key]["probe_miou"] = row["miou"]
+            for target in [key] + [f"{key} pixels"]:
+                if target in results:
+                    results[target]["probe_miou"] = row["miou"]
     columns = tuple(next(iter(results.values())))
     headline = tuple(m for m in SEMANTIC_METRICS if m in columns)
     figure = ("miou",) + tuple(f"miou@{c}" for c in clusters) + (("probe_miou",) if probe else ())

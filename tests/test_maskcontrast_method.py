@@ -160,6 +160,32 @@ def test_object_kmeans_miou_on_perfect_and_permuted_embeddings():
         object_kmeans_miou(perfect[:1], instances[:1], semantic[:1], 4, clusters=9)
 
 
+def test_pixel_kmeans_splits_objects_where_the_object_protocol_cannot():
+    from partlab.data import SyntheticScenes, stack_dataset
+    from partlab.evaluation import object_kmeans_miou, pixel_kmeans_miou
+
+    scenes = stack_dataset(SyntheticScenes(size=32, length=24, seed=5, split="val"))
+    semantic, instances = scenes["semantic"], scenes["instances"]
+    perfect = torch.nn.functional.one_hot(semantic, 5).permute(0, 3, 1, 2).float()[:, 1:]
+    out = pixel_kmeans_miou(perfect[:, [1, 3, 0, 2]], instances, semantic, 4)
+    assert out["miou"] == pytest.approx(1.0) and out["num_objects"] == int(scenes["num_objects"].sum())
+    # the left 30 % of every object painted as the next category: its mean still points at the true one,
+    # while per pixel that part of every object is clustered with the next category
+    left = torch.zeros_like(instances, dtype=torch.bool)
+    for i in range(len(instances)):
+        for o in instances[i].unique().tolist():
+            if o:
+                cols = (instances[i] == o).nonzero()[:, 1]
+                left[i] |= (instances[i] == o) & (torch.arange(32)[None, :] < cols.float().quantile(0.3))
+    painted = torch.where(left[:, None], torch.roll(perfect, 1, dims=1), perfect)
+    per_pixel = pixel_kmeans_miou(painted, instances, semantic, 4)["miou"]
+    per_object = object_kmeans_miou(painted, instances, semantic, 4)["miou"]
+    assert per_object == pytest.approx(1.0) and per_pixel < 0.9
+    assert torch.equal(out["labels"] > 0, instances > 0)                     # background stays 0
+    with pytest.raises(ValueError, match="size"):
+        pixel_kmeans_miou(perfect[:, :, :16], instances, semantic, 4)
+
+
 def test_semantic_benchmark_and_linear_probe_run_on_scenes():
     from partlab.data import SyntheticScenes, stack_dataset
     from partlab.evaluation import semantic_benchmark, semantic_linear_probe
@@ -172,6 +198,10 @@ def test_semantic_benchmark_and_linear_probe_run_on_scenes():
     table = semantic_benchmark({"mc": model}, scenes, 4, clusters=(6,), baselines=("rgb",), extractor=rgb)
     assert set(table) == {"mc", "kmeans (rgb)"} and set(table["mc"]) == {"miou", "acc", "nmi", "ari", "miou@6"}
     assert all(0 <= row["miou"] <= 1 for row in table.values())
+    both = semantic_benchmark({"mc": model}, scenes, 4, clusters=(6,), baselines=("rgb", "rgb pixels"), extractor=rgb)
+    assert both["kmeans (rgb)"] == table["kmeans (rgb)"] and both["kmeans (rgb pixels)"] != both["kmeans (rgb)"]
+    with pytest.raises(ValueError, match="baseline"):
+        semantic_benchmark({"mc": model}, scenes, 4, baselines=("colours",))
     predicted = semantic_benchmark({"mc": model}, scenes, 4, objects="predicted", baselines=())
     assert 0 <= predicted["mc"]["miou"] <= 1
     probe = semantic_linear_probe({"mc": model}, scenes, scenes, 4, baselines=("rgb",), steps=5)

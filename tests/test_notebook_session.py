@@ -112,17 +112,19 @@ def test_a_scenes_session_scores_with_the_semantic_benchmark(capsys):
     s.fit()
     s.model.on_fit_end(s.train_set)
     bench = s.benchmark(clusters=(8,), probe_steps=3)
-    assert list(bench.results) == ["maskcontrast", "rgb", "features"]
-    assert bench.baselines == ["rgb", "features"] and bench.oracle is None
+    baselines = ["rgb", "features", "rgb pixels", "features pixels"]      # per object, then per pixel (the paper's)
+    assert list(bench.results) == ["maskcontrast"] + baselines
+    assert bench.baselines == baselines and bench.oracle is None
+    assert bench.results["rgb pixels"]["probe_miou"] == bench.results["rgb"]["probe_miou"]
     assert bench.metrics == ("miou", "probe_miou") and bench.figure_metrics == ("miou", "miou@8", "probe_miou")
     assert all(0 <= row[m] <= 1 for row in bench.results.values() for m in bench.figure_metrics)
     line = bench.headline()
     assert line.startswith("maskcontrast: miou ") and "probe_miou" in line and "oracle" not in line
     assert bench.headline_metrics()[:2] == ["maskcontrast.miou", bench.headline_metrics()[1]]
-    assert set(bench.margins()) == {f"{b}.{m}" for b in ("rgb", "features") for m in ("miou", "probe_miou")}
+    assert set(bench.margins()) == {f"{b}.{m}" for b in baselines for m in ("miou", "probe_miou")}
     assert "miou@8" in bench.table()
     fig = viz.benchmark_figure(bench)
-    assert len(fig.axes[0].containers) == 3 and len(fig.axes[0].containers[0]) == 3
+    assert len(fig.axes[0].containers) == 5 and len(fig.axes[0].containers[0]) == 3     # a bar group per row
 
 
 def test_another_method_on_the_same_split_and_a_benchmark_on_chosen_metrics():
