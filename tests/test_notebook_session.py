@@ -107,7 +107,8 @@ def test_a_scenes_session_scores_with_the_semantic_benchmark(capsys):
     """MaskContrast's session: scene splits, K-means mIoU (with overclustering) and the probe in one Benchmark
     whose headline, margins and figure use the semantic metrics."""
     s = _session("maskcontrast", settings={"model.queue_size": 8})
-    assert "scenes of 4 categories (1-3 objects each)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "scenes of 4 categories (1-3 objects each)" in out and "network: encoder: stand-in standin_v1" in out
     assert s.scenes and set(s.test) >= {"semantic", "instances", "saliency"} and s.num_parts == 4
     s.fit()
     s.model.on_fit_end(s.train_set)

@@ -204,7 +204,7 @@ class Session:
                  f"data: partlab synthetic world ({d.world}), {what}, {d.size}px, {d.n_train} training images, "
                  f"seed={self.seed}; benchmark split {len(self.train_eval['image'])} + {len(self.test['image'])} images",
                  self.recipe.describe()]
-        for key in ("features", "saliency", "foreground"):
+        for key in ("features", "network", "saliency", "foreground"):
             if key in self.info:
                 lines.append(f"{key}: {self.info[key]}")
         return "\n".join(lines)
