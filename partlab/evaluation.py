@@ -790,8 +790,12 @@ def semantic_benchmark(models: Mapping[str, object], scenes: Mapping[str, torch.
     for name, model in models.items():
         maps, saliency = scene_embeddings(model, scenes["image"])
         sources[name] = (maps, (saliency[:, 0] > 0.5).long() if objects == "predicted" else truth)
+    inputs: Dict[str, torch.Tensor] = {}                  # "rgb" and "rgb pixels" cluster the same maps
     for name in baselines:
-        sources[f"kmeans ({name})"] = (semantic_baseline_vectors(name, scenes["image"], extractor=extractor), truth)
+        base = name[:-len(" pixels")] if name.endswith(" pixels") else name
+        if base not in inputs:
+            inputs[base] = semantic_baseline_vectors(base, scenes["image"], extractor=extractor)
+        sources[f"kmeans ({name})"] = (inputs[base], truth)
     results: Dict[str, Dict[str, float]] = {}
     for name, (maps, found) in sources.items():
         options = {"seed": seed, "normalize": not name.startswith("kmeans (rgb")}
