@@ -645,6 +645,11 @@ SEMANTIC_BASELINES = ("rgb", "features")
 PIXEL_BASELINES = ("rgb pixels", "features pixels")
 
 
+def _baseline_input(name: str) -> str:
+    """The maps a semantic baseline clusters: ``"rgb pixels"`` clusters the maps of ``"rgb"``, per pixel."""
+    return name[:-len(" pixels")] if name.endswith(" pixels") else name
+
+
 def object_vectors(maps: torch.Tensor, objects: torch.Tensor, normalize: bool = True) -> tuple:
     """One mean (L2-normalised unless ``normalize=False``) of ``maps`` ``(N, D, h, w)`` per object: ``objects`` ``(N, H, W)`` holds object ids
     (0 none; an image's saliency mask is object 1, the scenes' ``"instances"`` one id per object), resized to
@@ -740,7 +745,7 @@ def semantic_baseline_vectors(name: str, images: torch.Tensor, *, extractor=None
     """Per-pixel maps a semantic baseline clusters: ``"rgb"`` the raw colours ``(N, 3, H, W)``, ``"features"`` the
     frozen extractor's (default ``get_extractor("auto")``) ``"kmeans"`` layers (those of partlab's K-means part
     baseline) upsampled to the image size and concatenated."""
-    name = name[:-len(" pixels")] if name.endswith(" pixels") else name
+    name = _baseline_input(name)
     if name == "rgb":
         return images.float()
     if name != "features":
@@ -792,7 +797,7 @@ def semantic_benchmark(models: Mapping[str, object], scenes: Mapping[str, torch.
         sources[name] = (maps, (saliency[:, 0] > 0.5).long() if objects == "predicted" else truth)
     inputs: Dict[str, torch.Tensor] = {}                  # "rgb" and "rgb pixels" cluster the same maps
     for name in baselines:
-        base = name[:-len(" pixels")] if name.endswith(" pixels") else name
+        base = _baseline_input(name)
         if base not in inputs:
             inputs[base] = semantic_baseline_vectors(base, scenes["image"], extractor=extractor)
         sources[f"kmeans ({name})"] = (inputs[base], truth)
@@ -875,7 +880,7 @@ def scene_benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str
     rename = {f"kmeans ({name})": name for name in baselines}
     results = {rename.get(name, name): row for name, row in kmeans.items()}
     if probe:
-        inputs = tuple(dict.fromkeys(b[:-len(" pixels")] if b.endswith(" pixels") else b for b in baselines))
+        inputs = tuple(dict.fromkeys(_baseline_input(b) for b in baselines))
         probed = semantic_linear_probe(models, train, test, num_classes, baselines=inputs, extractor=extractor,
                                        steps=probe_steps, seed=seed, device=device)
         for name, row in probed.items():
