@@ -697,9 +697,17 @@ def object_kmeans_miou(maps: torch.Tensor, objects: torch.Tensor, semantic: torc
     labels = torch.zeros_like(objects)
     for i, o, c in zip(image.tolist(), ids.tolist(), assignment.tolist()):
         labels[i][objects[i] == o] = 1 + c
+    return _score_clusters(labels, semantic, num_classes, clusters, len(vectors))
+
+
+def _score_clusters(labels: torch.Tensor, semantic: torch.Tensor, num_classes: int, clusters: int,
+                    num_objects: int) -> dict:
+    """Hungarian mIoU of cluster ``labels`` (0 background, ``1 + cluster``) against ``semantic`` over the whole set
+    (one-to-one with ``num_classes`` clusters, each cluster to its best-IoU class when overclustering), plus
+    ``"num_objects"`` and ``"labels"``: the scoring both K-means protocols share."""
     out = metrics.hungarian_miou(labels.numpy(), semantic.long().numpy(), num_classes + 1,
                                  many_to_one=clusters != num_classes, num_clusters=clusters + 1)
-    out["num_objects"] = len(vectors)
+    out["num_objects"] = num_objects
     out["labels"] = labels
     return out
 
@@ -733,11 +741,7 @@ def pixel_kmeans_miou(maps: torch.Tensor, objects: torch.Tensor, semantic: torch
     kmeans = KMeans(clusters, n_init=10, random_state=seed).fit(fit)
     labels = torch.zeros_like(objects)
     labels[on] = torch.from_numpy(kmeans.predict(data)).long() + 1
-    out = metrics.hungarian_miou(labels.numpy(), semantic.long().numpy(), num_classes + 1,
-                                 many_to_one=clusters != num_classes, num_clusters=clusters + 1)
-    out["num_objects"] = int(sum((o.unique() > 0).sum() for o in objects))
-    out["labels"] = labels
-    return out
+    return _score_clusters(labels, semantic, num_classes, clusters, int(sum((o.unique() > 0).sum() for o in objects)))
 
 
 @torch.no_grad()
