@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.partlab-installed
 PIPFLAGS ?=       # pip's output goes to $(VENV)/setup.log (its tail is shown when setup fails)
+MIN_FREE_GB ?= 7  # disk space a fresh environment needs (checked before the install; 0: no check)
 JOBS ?=           # notebooks run at once by `make demo` (empty: one per core)
 
 .PHONY: setup browser demo test lab bench clean
@@ -14,6 +15,8 @@ setup: $(STAMP)
 # Installer output (deprecation notices, this machine's index warnings) goes to a log, not the screen.
 $(STAMP): pyproject.toml constraints.txt
 	@echo "setting up $(VENV): pinned install from constraints.txt (log: $(VENV)/setup.log) ..."
+	@test -x $(BIN)/python || { free=$$(df -Pk $(dir $(VENV)) | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  [ "$$free" -ge $(strip $(MIN_FREE_GB)) ] || { echo "setup needs about $(strip $(MIN_FREE_GB)) GiB free for $(VENV) (torch and its CUDA libraries take 5 GiB), but $$free GiB are free on that disk: free some space (old clones' .venv folders) or put the environment elsewhere (make VENV=/roomier/disk/venv ...; MIN_FREE_GB=0 skips this check)"; exit 1; }; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@{ $(BIN)/python -m pip install $(PIPFLAGS) --upgrade pip setuptools wheel \
 	   && $(BIN)/python -m pip install $(PIPFLAGS) -c constraints.txt -e ".[dev]"; } >$(VENV)/setup.log 2>&1 \
