@@ -23,8 +23,10 @@ from scratch (any fraction)    0.004        0.004              updated
 =============================  ===========  =================  ====================
 
 They were chosen for DeepLab-v3 (ResNet-50) at batch 8 over tens of thousands of steps. partlab's quick
-CPU networks (the small GroupNorm U-Net, a few hundred steps) learn little at 0.004: pass ``lr`` (and
-``head_lr``) explicitly there, e.g. ``lr=0.05``; every default is overridable.
+CPU networks (the small GroupNorm U-Net, a few hundred steps) learn little at 0.004. ``protocol="quick"``
+gives them rates and step counts chosen on the validation scenes instead (:data:`QUICK_PROTOCOL`: 300 scenes
+of split seed 100, seed 0, 500 labelled training scenes; README "Fine-tuning, protocol chosen on validation").
+Every default, of either protocol, is overridable.
 
 >>> from partlab.methods.maskcontrast import MaskContrast
 >>> model = MaskContrast(4, base_channels=8, depth=2)
@@ -37,6 +39,7 @@ torch.Size([5])
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from typing import Any, Mapping, Optional, Sequence
 
@@ -49,11 +52,25 @@ from partlab import utils
 from partlab.methods.base import check_images
 from partlab.methods.maskcontrast import MaskContrast, MaskContrastNet
 from partlab.metrics import _confusion, _scores
-from partlab.models import build_network
+from partlab.models import NETWORKS, build_network
 
-__all__ = ["LOW_LABEL_FRACTION", "finetune_miou", "finetune_network", "finetune_table", "label_subset"]
+__all__ = ["LOW_LABEL_FRACTION", "PROTOCOLS", "QUICK_PROTOCOL", "finetune_miou", "finetune_network",
+           "finetune_settings", "finetune_table", "label_subset", "scratch_architecture"]
 
 LOW_LABEL_FRACTION = 0.02       # at or below: the paper's 1-2 % recipe (body 0.001, final conv 0.1, BN frozen)
+PROTOCOLS = ("paper", "quick")
+# The quick CPU networks' settings, chosen on the validation scenes (2026-12-03) for MaskContrast's start
+# ("pretrained") and the same network from scratch, per regime: <= 2 % of the labels ("low", chosen at 1 %),
+# more but not all ("some", at 5 %), all of them ("all"). Candidates: body lr 0.001 / 0.004 / 0.02 for the
+# pretrained start and 0.004 / 0.02 / 0.1 from scratch; 200 or 1000 steps with every label.
+QUICK_PROTOCOL = {
+    "pretrained": {"low": {"lr": 0.001, "head_lr": 0.1, "steps": 200},
+                   "some": {"lr": 0.02, "steps": 200},
+                   "all": {"lr": 0.02, "steps": 1000}},
+    "scratch": {"low": {"lr": 0.004, "steps": 200},
+                "some": {"lr": 0.1, "steps": 200},
+                "all": {"lr": 0.1, "steps": 1000}},
+}
 HEAD_NAMES = ("head", "classifier")     # the last 1x1 conv of partlab's networks: U-Nets / DeepLab-v3
 
 
@@ -109,6 +126,27 @@ def finetune_network(pretrained: Optional[nn.Module], num_classes: int, /, *, ne
         raise ValueError(f"{type(net).__name__}.{name} is a {old.kernel_size} conv, expected the final 1x1 conv")
     setattr(net, name, nn.Conv2d(old.in_channels, num_classes + 1, 1).to(old.weight.device, old.weight.dtype))
     return net.train()
+
+
+def scratch_architecture(pretrained: nn.Module) -> tuple[str, dict]:
+    """``(network, network_kwargs)`` that rebuild a MaskContrast model's segmentation network from a random
+    initialisation: the architecture it was built with (:attr:`MaskContrastNet.architecture`), with
+    ``pretrained=False`` where the network takes that argument (the stand-in U-Net's encoder, DeepLab's
+    backbone). The "same network from scratch" of the supplementary's table.
+
+    >>> from partlab.methods.maskcontrast import MaskContrast
+    >>> scratch_architecture(MaskContrast(4, base_channels=8, depth=2))
+    ('unet', {'base_channels': 8, 'depth': 2})
+    """
+    net = pretrained.network if isinstance(pretrained, MaskContrast) else pretrained
+    architecture = getattr(net, "architecture", None)
+    if architecture is None:
+        raise ValueError(f"{type(pretrained).__name__} does not record its architecture; pass network= and "
+                         f"network_kwargs= for the network from scratch")
+    name, kwargs = architecture[0], dict(architecture[1])
+    if "pretrained" in inspect.signature(NETWORKS[name]).parameters:
+        kwargs["pretrained"] = False
+    return name, kwargs
 
 
 def label_subset(n: int, fraction: float, seed: int = 0) -> torch.Tensor:
@@ -181,12 +219,35 @@ def _logits(network: nn.Module, images: torch.Tensor, size) -> torch.Tensor:
     return logits
 
 
+def finetune_settings(pretrained: bool, fraction: float, protocol: str = "paper") -> dict:
+    """The default ``lr``, ``head_lr``, ``freeze_bn`` and ``steps`` of :func:`finetune_miou` for a start
+    (``pretrained``: True for a MaskContrast model, False from scratch) and a label ``fraction``:
+    ``protocol="paper"`` the supplementary's rates (module docstring) with 200 steps, ``"quick"``
+    :data:`QUICK_PROTOCOL`. BatchNorm is frozen in the pretrained low-label regime under both.
+
+    >>> finetune_settings(True, 0.01, "quick")
+    {'lr': 0.001, 'head_lr': 0.1, 'freeze_bn': True, 'steps': 200}
+    >>> finetune_settings(False, 1.0, "quick")
+    {'lr': 0.1, 'head_lr': 0.1, 'freeze_bn': False, 'steps': 1000}
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r}; choose one of {PROTOCOLS}")
+    low_label = bool(pretrained) and fraction <= LOW_LABEL_FRACTION
+    if protocol == "paper":
+        lr = 0.001 if low_label else 0.004
+        return {"lr": lr, "head_lr": 0.1 if low_label else lr, "freeze_bn": low_label, "steps": 200}
+    regime = "low" if fraction <= LOW_LABEL_FRACTION else "some" if fraction < 1 else "all"
+    chosen = QUICK_PROTOCOL["pretrained" if pretrained else "scratch"][regime]
+    return {"lr": chosen["lr"], "head_lr": chosen.get("head_lr", chosen["lr"]), "freeze_bn": low_label,
+            "steps": chosen["steps"]}
+
+
 def finetune_miou(pretrained: Optional[nn.Module], train: Mapping, test: Mapping, num_classes: int, *,
-                  fraction: float = 1.0, steps: int = 200, batch_size: int = 8, lr: Optional[float] = None,
+                  fraction: float = 1.0, steps: Optional[int] = None, batch_size: int = 8, lr: Optional[float] = None,
                   head_lr: Optional[float] = None, weight_decay: float = 1e-4, momentum: float = 0.9,
                   freeze_bn: Optional[bool] = None, seed: int = 0, device: "str | torch.device" = "cpu",
                   network: str = "unet", network_kwargs: Optional[dict] = None, progress: bool = False,
-                  ignore_index: Optional[int] = 255) -> dict:
+                  ignore_index: Optional[int] = 255, protocol: str = "paper") -> dict:
     """Fine-tune :func:`finetune_network` on ``fraction`` of ``train``'s labels; the plain mIoU on ``test``.
 
     Args:
@@ -196,10 +257,12 @@ def finetune_miou(pretrained: Optional[nn.Module], train: Mapping, test: Mapping
             the score); :func:`partlab.data.stack_dataset` of :class:`partlab.data.SyntheticScenes` gives them.
         num_classes: object classes; the network predicts ``num_classes + 1``.
         fraction: of the training images whose labels are used (:func:`label_subset` with ``seed``), in (0, 1].
-        steps, batch_size: SGD steps; images per step (distinct images, at most the labelled ones).
-        lr: base learning rate of every layer but the final conv; default 0.001 when ``pretrained`` and
-            ``fraction <= 0.02``, else 0.004 (the paper's; the quick CPU networks need larger values, module
-            docstring). head_lr: of the final conv; default 0.1 in the pretrained low-label regime, else ``lr``.
+        steps, batch_size: SGD steps (default: the protocol's); images per step (distinct images, at most the
+            labelled ones).
+        lr: base learning rate of every layer but the final conv; default the protocol's: under ``"paper"``
+            0.001 when ``pretrained`` and ``fraction <= 0.02``, else 0.004 (the quick CPU networks need larger
+            values, module docstring). head_lr: of the final conv; default 0.1 in the pretrained low-label
+            regime, else ``lr`` (``"quick"``: :data:`QUICK_PROTOCOL`).
         weight_decay, momentum: of SGD (1e-4, 0.9, as the paper). Schedule: ``lr * (1 - t / steps) ** 0.9``.
         freeze_bn: keep BatchNorm layers in eval mode while training (their statistics fixed); default as ``lr``:
             on in the pretrained low-label regime. The U-Nets normalise with GroupNorm: then it changes nothing.
@@ -208,6 +271,9 @@ def finetune_miou(pretrained: Optional[nn.Module], train: Mapping, test: Mapping
         device: where to train (:func:`partlab.utils.device`).
         network, network_kwargs: the architecture from scratch (:func:`finetune_network`).
         progress: show a progress bar.
+        protocol: where the defaults of ``steps``, ``lr``, ``head_lr`` and ``freeze_bn`` come from
+            (:func:`finetune_settings`): ``"paper"``, the supplementary's rates, or ``"quick"``, the rates
+            chosen on the validation scenes for the quick CPU networks.
 
     Returns ``{"miou", "iou", "acc", "n_labelled", "fraction", "steps", "lr", "head_lr", "freeze_bn", "loss"}``:
     the test scores of the network in eval mode (argmax over the ``num_classes + 1`` logits, confusion counted
@@ -225,13 +291,15 @@ def finetune_miou(pretrained: Optional[nn.Module], train: Mapping, test: Mapping
     train_x, train_y = _check_data(train, "train", num_classes, ignore_index)
     test_x, test_y = _check_data(test, "test", num_classes, ignore_index)
     subset = label_subset(train_x.shape[0], fraction, seed)
+    defaults = finetune_settings(pretrained is not None, fraction, protocol)
+    steps = defaults["steps"] if steps is None else steps
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    low_label = pretrained is not None and fraction <= LOW_LABEL_FRACTION
-    lr = (0.001 if low_label else 0.004) if lr is None else lr
-    head_lr = (0.1 if low_label else lr) if head_lr is None else head_lr
-    freeze_bn = low_label if freeze_bn is None else bool(freeze_bn)
+    if head_lr is None:            # the protocol's own head rate (low-label regime), else the body's rate
+        head_lr = defaults["head_lr"] if defaults["head_lr"] != defaults["lr"] else (lr or defaults["lr"])
+    lr = defaults["lr"] if lr is None else lr
+    freeze_bn = defaults["freeze_bn"] if freeze_bn is None else bool(freeze_bn)
     for name, value in (("lr", lr), ("head_lr", head_lr)):
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -294,7 +362,9 @@ def finetune_table(pretrained_models: Mapping[str, Optional[nn.Module]], train: 
                    ) -> dict[str, dict[float, float]]:
     """``{name: {fraction: miou}}``: :func:`finetune_miou` of every model (``None``: from scratch) at every
     label fraction, the supplementary's semi-supervised table. ``kwargs`` go to every call (each regime's
-    default learning rates apply unless given).
+    default learning rates and steps apply unless given; ``protocol="quick"`` for the quick CPU networks).
+    A ``None`` entry trains the first pretrained model's architecture from a random initialisation
+    (:func:`scratch_architecture`) unless ``network`` / ``network_kwargs`` say otherwise.
     """
     if not isinstance(pretrained_models, Mapping) or not pretrained_models:
         raise ValueError("pretrained_models must be a non-empty dict {name: MaskContrast model or None}")
@@ -303,6 +373,11 @@ def finetune_table(pretrained_models: Mapping[str, Optional[nn.Module]], train: 
         raise ValueError("fractions must name at least one label fraction in (0, 1]")
     for fraction in fractions:
         label_subset(1, fraction)                        # every fraction checked before any training
-    return {name: {fraction: finetune_miou(model, train, test, num_classes, fraction=fraction, **kwargs)["miou"]
+    scratch = dict(kwargs)
+    first = next((model for model in pretrained_models.values() if model is not None), None)
+    if first is not None and "network" not in kwargs and "network_kwargs" not in kwargs:
+        scratch["network"], scratch["network_kwargs"] = scratch_architecture(first)
+    return {name: {fraction: finetune_miou(model, train, test, num_classes, fraction=fraction,
+                                           **(kwargs if model is not None else scratch))["miou"]
                    for fraction in fractions}
             for name, model in pretrained_models.items()}

@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from partlab.finetune import finetune_miou, finetune_network, finetune_table, label_subset
+from partlab import finetune
+from partlab.finetune import (finetune_miou, finetune_network, finetune_settings, finetune_table, label_subset,
+                              scratch_architecture)
 from partlab.methods.maskcontrast import MaskContrast
 
 NET = {"base_channels": 8, "depth": 2}
@@ -147,6 +149,25 @@ def test_default_learning_rates_follow_the_paper():
     assert (custom["lr"], custom["head_lr"], custom["freeze_bn"]) == (0.05, 0.1, False)
 
 
+def test_quick_protocol_gives_the_rates_and_steps_chosen_on_validation():
+    train, test = colour_squares(16, seed=0), colour_squares(2, seed=1)
+    model = _model()
+    expected = {(True, 0.01): (0.001, 0.1, True, 200), (True, 0.05): (0.02, 0.02, False, 200),
+                (True, 1.0): (0.02, 0.02, False, 1000), (False, 0.01): (0.004, 0.004, False, 200),
+                (False, 0.05): (0.1, 0.1, False, 200), (False, 1.0): (0.1, 0.1, False, 1000)}
+    for (pretrained, fraction), (lr, head_lr, freeze_bn, steps) in expected.items():
+        assert finetune_settings(pretrained, fraction, "quick") == {"lr": lr, "head_lr": head_lr,
+                                                                   "freeze_bn": freeze_bn, "steps": steps}
+    assert finetune_settings(True, 0.5, "quick") == finetune_settings(True, 0.05, "quick")   # "some" labels
+    assert finetune_settings(True, 0.05, "paper")["steps"] == 200
+    out = finetune_miou(None, train, test, 4, fraction=0.05, steps=1, network_kwargs=NET, protocol="quick")
+    assert (out["lr"], out["head_lr"], out["steps"]) == (0.1, 0.1, 1)          # an explicit value wins
+    out = finetune_miou(model, train, test, 4, fraction=0.01, steps=1, lr=0.05, protocol="quick")
+    assert (out["lr"], out["head_lr"], out["freeze_bn"]) == (0.05, 0.1, True)
+    with pytest.raises(ValueError, match="protocol"):
+        finetune_miou(model, train, test, 4, steps=1, protocol="fast")
+
+
 def test_batchnorm_stays_in_eval_mode_at_small_fractions():
     model = _model()
     body = model.network.body
@@ -185,6 +206,27 @@ def test_finetune_table_shape():
         finetune_table({"scratch": None}, train, test, 4, fractions=(0.5, 2.0), network_kwargs=NET)
     with pytest.raises(ValueError, match="non-empty"):
         finetune_table({}, train, test, 4)
+
+
+def test_from_scratch_is_the_pretrained_models_architecture(monkeypatch):
+    model = MaskContrast(4, network="standin_unet", embedding_dim=8)
+    assert model.network.body.weights_used.startswith("encoder: stand-in")
+    name, kwargs = scratch_architecture(model)
+    assert name == "standin_unet" and kwargs["pretrained"] is False
+    scratch = finetune_network(None, 4, network=name, **kwargs)
+    assert type(scratch) is type(model.network.body) and scratch.weights_used.startswith("random")
+    assert scratch_architecture(_model()) == ("unet", NET)                  # no pretrained= to switch off
+    calls = []
+    monkeypatch.setattr(finetune, "finetune_miou",
+                        lambda model, *a, **kw: calls.append((model, kw)) or {"miou": 0.5})
+    finetune_table({"maskcontrast": model, "from scratch": None}, {}, {}, 4, fractions=(0.5,), steps=1)
+    assert calls[0][1] == {"fraction": 0.5, "steps": 1}
+    assert calls[1][1] == {"fraction": 0.5, "steps": 1, "network": "standin_unet", "network_kwargs": kwargs}
+    calls.clear()
+    finetune_table({"maskcontrast": model, "from scratch": None}, {}, {}, 4, fractions=(0.5,), network="unet")
+    assert calls[1][1] == {"fraction": 0.5, "network": "unet"}                # an explicit choice wins
+    with pytest.raises(ValueError, match="architecture"):
+        scratch_architecture(nn.Conv2d(3, 4, 1))
 
 
 def test_finetune_miou_bad_input():

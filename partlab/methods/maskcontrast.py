@@ -85,6 +85,7 @@ class MaskContrastNet(nn.Module):
             raise ValueError("MaskContrast needs decoder features: network='deeplab' (DeepLab-v2, ASPP-sum) has none; "
                              "use 'deeplab_v3' (the paper's), 'unet' or 'standin_unet'")
         self.body = build_network(network, embedding_dim, **network_kwargs)
+        self.architecture = (network, dict(network_kwargs))      # build_network's name and kwargs (fine-tuning)
         head = getattr(self.body, "head", None)
         head = head if isinstance(head, nn.Conv2d) else getattr(self.body, "classifier", None)
         if not isinstance(head, nn.Conv2d):
