@@ -405,8 +405,35 @@ def _evaluate_scenes(args, runs) -> int:
         from partlab.features import get_extractor
 
         extractor = get_extractor(args.features, device=args.device)
-    results = evaluation.semantic_benchmark(models, test, scenes.num_classes, extractor=extractor, seed=args.seed)
-    print(evaluation.format_table(results, columns=("miou", "acc", "nmi", "ari")))
+    clusters = tuple(dict.fromkeys(args.clusters or ()))
+    results = evaluation.semantic_benchmark(models, test, scenes.num_classes, clusters=clusters, extractor=extractor,
+                                            seed=args.seed)
+    columns = ("miou",) + tuple(f"miou@{c}" for c in clusters) + ("acc", "nmi", "ari")
+    if args.probe or args.finetune:            # labelled training scenes: the probe's and the fine-tuning's
+        train = stack_dataset(SyntheticScenes(size=size, length=args.n_train, seed=args.seed, split="train",
+                                              config=world))
+    if args.probe:
+        print(f"linear probe: a 1x1 conv on frozen features, trained on {args.n_train} labelled training scenes")
+        probed = evaluation.semantic_linear_probe(models, train, test, scenes.num_classes, extractor=extractor,
+                                                  seed=args.seed, device=args.device)
+        for name, row in probed.items():
+            source = name[len("probe ("):-1] if name.startswith("probe (") else None
+            rows = [name] if source is None else [f"kmeans ({source})", f"kmeans ({source} pixels)"]
+            for target in (r for r in rows if r in results):
+                results[target]["probe_miou"] = row["miou"]
+        columns += ("probe_miou",)
+    if args.finetune:
+        from partlab.finetune import finetune_table
+
+        fractions = tuple(dict.fromkeys(args.finetune))
+        print(f"fine-tuning ({args.finetune_protocol} protocol) on {', '.join(f'{f:.0%}' for f in fractions)} of "
+              f"{args.n_train} labelled training scenes, against the first run's architecture from scratch")
+        table = finetune_table({**models, "from scratch": None}, train, test, scenes.num_classes, fractions=fractions,
+                               protocol=args.finetune_protocol, seed=args.seed, device=args.device)
+        for name, row in table.items():
+            results.setdefault(name, {}).update({f"finetune@{f:g}": value for f, value in row.items()})
+        columns += tuple(f"finetune@{f:g}" for f in fractions)
+    print(evaluation.format_table(results, columns=columns))
     if args.json:
         _write_json(Path(args.json), results)
     return 0
@@ -505,6 +532,16 @@ def _positive_int(text: str) -> int:
     value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction of the labels must be in (0, 1], got {value}")
     return value
 
 
@@ -622,6 +659,17 @@ def _add_evaluate_parser(sub) -> None:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the baselines")
     evaluate.add_argument("--json", metavar="FILE", help="also write {method: metrics} to this JSON file")
+    scenes = evaluate.add_argument_group("semantic runs (MaskContrast)")
+    scenes.add_argument("--clusters", type=_positive_int, nargs="+", metavar="C",
+                        help="overclustering: also K-means with C clusters, each mapped to its majority class")
+    scenes.add_argument("--probe", action="store_true",
+                        help="also a linear probe on frozen features, trained on --n-train labelled scenes")
+    scenes.add_argument("--finetune", type=_fraction, nargs="+", metavar="F",
+                        help="also fine-tune each run and the same network from scratch on these fractions of the "
+                             "--n-train labelled scenes, e.g. 0.01 0.05 1")
+    scenes.add_argument("--finetune-protocol", choices=("quick", "paper"), default="quick",
+                        help="the learning rates and steps: quick (chosen on validation for the quick CPU networks, "
+                             "the default) or paper (the supplementary's, for the paper recipe)")
 
 
 def _add_segment_parser(sub) -> None:

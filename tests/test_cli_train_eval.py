@@ -185,6 +185,33 @@ def test_evaluate_a_contrastive_run_with_its_own_and_the_true_mask(runs, tmp_pat
     assert "takes no foreground mask" in err and len(err.strip().splitlines()) == 1
 
 
+def test_evaluate_a_maskcontrast_run_with_overclustering_probe_and_finetuning(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "mc_run"
+    assert cli.main(["train", "maskcontrast", *TINY_RUN, "--out", str(run)]) == 0
+    calls = []
+
+    def fake_table(models, train, test, num_classes, fractions, **kwargs):     # the real one has its own tests
+        calls.append((list(models), len(train["image"]), len(test["image"]), num_classes, fractions, kwargs))
+        return {name: {f: 0.25 + 0.5 * f for f in fractions} for name in models}
+
+    monkeypatch.setattr("partlab.finetune.finetune_table", fake_table)
+    out = tmp_path / "scores.json"
+    assert cli.main(["evaluate", "--run", str(run), "--n-test", "6", "--n-train", "8", "--device", "cpu",
+                     "--clusters", "6", "--probe", "--finetune", "0.5", "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    assert {"mc_run", "kmeans (rgb)", "kmeans (rgb pixels)", "from scratch"} <= set(scores)
+    for name in ("mc_run", "kmeans (rgb)", "kmeans (rgb pixels)"):
+        assert 0 <= scores[name]["miou@6"] <= 1 and 0 <= scores[name]["probe_miou"] <= 1
+    assert scores["kmeans (rgb)"]["probe_miou"] == scores["kmeans (rgb pixels)"]["probe_miou"]
+    assert scores["mc_run"]["finetune@0.5"] == scores["from scratch"]["finetune@0.5"] == 0.5
+    assert calls == [(["mc_run", "from scratch"], 8, 6, 4, (0.5,), {"protocol": "quick", "seed": 0, "device": "cpu"})]
+    printed = capsys.readouterr().out
+    assert "miou@6" in printed and "probe_miou" in printed and "finetune@0.5" in printed
+    with pytest.raises(SystemExit) as exit_info:                 # argparse: the usage error, exit status 2
+        cli.main(["evaluate", "--run", str(run), "--finetune", "1.5"])
+    assert exit_info.value.code == 2 and "must be in (0, 1]" in capsys.readouterr().err
+
+
 def test_evaluate_missing_run_is_one_line_saying_how_to_make_it(tmp_path, capsys):
     missing = tmp_path / "runs" / "scops_bird"
     assert cli.main(["evaluate", "--run", str(missing)]) == 2
