@@ -326,6 +326,11 @@ def _cmd_evaluate(args) -> int:
     runs = [load_method(path) for path in args.run]
     if runs and any(_is_scenes(model) for model, _ in runs):
         return _evaluate_scenes(args, runs)
+    semantic_only = [flag for flag, value in (("--clusters", args.clusters), ("--probe", args.probe),
+                                              ("--finetune", args.finetune)) if value]
+    if semantic_only:
+        raise ValueError(f"{', '.join(semantic_only)} score semantic runs (MaskContrast: `partlab train maskcontrast`); "
+                         f"part methods are scored by FG-ARI and landmark error without them")
     category = _pick("category", args.category, [meta["category"] for _, meta in runs]) or "bird"
     size = _pick("size", args.size, [meta["size"] for _, meta in runs]) or 64
     world = _pick("world", args.world, [_run_world(meta) for _, meta in runs]) or "default"
@@ -653,7 +658,9 @@ def _add_evaluate_parser(sub) -> None:
                           help="the synthetic world: default, or varied (instance-varied colours); "
                                "default: the runs' world, else default")
     evaluate.add_argument("--n-test", type=_positive_int, default=200)
-    evaluate.add_argument("--n-train", type=_positive_int, default=200, help="train images for landmark regression")
+    evaluate.add_argument("--n-train", type=_positive_int, default=200,
+                          help="train images for landmark regression (MaskContrast: labelled scenes for --probe and "
+                               "--finetune)")
     evaluate.add_argument("--features", choices=list(_features()), default="auto",
                           help="the kmeans and dff baselines' features")
     evaluate.add_argument("--device", default="auto")

@@ -207,6 +207,8 @@ def test_evaluate_a_maskcontrast_run_with_overclustering_probe_and_finetuning(tm
     assert calls == [(["mc_run", "from scratch"], 8, 6, 4, (0.5,), {"protocol": "quick", "seed": 0, "device": "cpu"})]
     printed = capsys.readouterr().out
     assert "miou@6" in printed and "probe_miou" in printed and "finetune@0.5" in printed
+    assert cli.main(["evaluate", "--baseline", "position", "--probe"]) == 2     # a part benchmark: refused
+    assert "score semantic runs" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:                 # argparse: the usage error, exit status 2
         cli.main(["evaluate", "--run", str(run), "--finetune", "1.5"])
     assert exit_info.value.code == 2 and "must be in (0, 1]" in capsys.readouterr().err
