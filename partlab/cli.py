@@ -421,11 +421,7 @@ def _evaluate_scenes(args, runs) -> int:
         print(f"linear probe: a 1x1 conv on frozen features, trained on {args.n_train} labelled training scenes")
         probed = evaluation.semantic_linear_probe(models, train, test, scenes.num_classes, extractor=extractor,
                                                   seed=args.seed, device=args.device)
-        for name, row in probed.items():
-            source = name[len("probe ("):-1] if name.startswith("probe (") else None
-            rows = [name] if source is None else [f"kmeans ({source})", f"kmeans ({source} pixels)"]
-            for target in (r for r in rows if r in results):
-                results[target]["probe_miou"] = row["miou"]
+        evaluation.attach_probe(results, probed, row=lambda source: f"kmeans ({source})")
         columns += ("probe_miou",)
     if args.finetune:
         from partlab.finetune import finetune_table

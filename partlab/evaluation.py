@@ -840,6 +840,19 @@ def semantic_linear_probe(models: Mapping[str, object], train: Mapping[str, torc
     return results
 
 
+def attach_probe(results: Dict[str, Dict[str, float]], probed: Mapping[str, Mapping[str, float]],
+                 row=lambda source: source) -> None:
+    """Write each :func:`semantic_linear_probe` mIoU into ``results[...]["probe_miou"]``, in place: a model's
+    under its own name, a baseline input's (``"probe (rgb)"``) under both rows that cluster it, per object and
+    per pixel (``row("rgb")``, ``row("rgb pixels")``: e.g. ``lambda s: f"kmeans ({s})"`` for
+    :func:`semantic_benchmark`'s names). A linear probe reads pixels either way, so the two rows share it."""
+    for name, scores in probed.items():
+        source = name[len("probe ("):-1] if name.startswith("probe (") else None
+        for target in [name] if source is None else [row(source), row(f"{source} pixels")]:
+            if target in results:
+                results[target]["probe_miou"] = scores["miou"]
+
+
 SEMANTIC_METRICS = ("miou", "probe_miou")          # a scene benchmark's headline: K-means mIoU and the probe
 
 
@@ -887,11 +900,7 @@ def scene_benchmark(models, train: Mapping[str, torch.Tensor], test: Mapping[str
         inputs = tuple(dict.fromkeys(_baseline_input(b) for b in baselines))
         probed = semantic_linear_probe(models, train, test, num_classes, baselines=inputs, extractor=extractor,
                                        steps=probe_steps, seed=seed, device=device)
-        for name, row in probed.items():
-            key = name[len("probe ("):-1] if name.startswith("probe (") else name
-            for target in [key] + [f"{key} pixels"]:
-                if target in results:
-                    results[target]["probe_miou"] = row["miou"]
+        attach_probe(results, probed)
     columns = tuple(next(iter(results.values())))
     headline = tuple(m for m in SEMANTIC_METRICS if m in columns)
     figure = ("miou",) + tuple(f"miou@{c}" for c in clusters) + (("probe_miou",) if probe else ())
