@@ -411,18 +411,16 @@ def _evaluate_scenes(args, runs) -> int:
 
         extractor = get_extractor(args.features, device=args.device)
     clusters = tuple(dict.fromkeys(args.clusters or ()))
-    results = evaluation.semantic_benchmark(models, test, scenes.num_classes, clusters=clusters, extractor=extractor,
-                                            seed=args.seed)
-    columns = ("miou",) + tuple(f"miou@{c}" for c in clusters) + ("acc", "nmi", "ari")
+    train = {}
     if args.probe or args.finetune:            # labelled training scenes: the probe's and the fine-tuning's
         train = stack_dataset(SyntheticScenes(size=size, length=args.n_train, seed=args.seed, split="train",
                                               config=world))
     if args.probe:
         print(f"linear probe: a 1x1 conv on frozen features, trained on {args.n_train} labelled training scenes")
-        probed = evaluation.semantic_linear_probe(models, train, test, scenes.num_classes, extractor=extractor,
-                                                  seed=args.seed, device=args.device)
-        evaluation.attach_probe(results, probed, row=lambda source: f"kmeans ({source})")
-        columns += ("probe_miou",)
+    bench = evaluation.scene_benchmark(models, train, test, scenes.num_classes, clusters=clusters, probe=args.probe,
+                                       extractor=extractor, seed=args.seed, device=args.device)
+    results = {name if name in models else f"kmeans ({name})": row for name, row in bench.results.items()}
+    columns = ("miou",) + tuple(f"miou@{c}" for c in clusters) + ("acc", "nmi", "ari") + (("probe_miou",) * args.probe)
     if args.finetune:
         from partlab.finetune import finetune_table
 

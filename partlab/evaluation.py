@@ -840,15 +840,13 @@ def semantic_linear_probe(models: Mapping[str, object], train: Mapping[str, torc
     return results
 
 
-def attach_probe(results: Dict[str, Dict[str, float]], probed: Mapping[str, Mapping[str, float]],
-                 row=lambda source: source) -> None:
+def attach_probe(results: Dict[str, Dict[str, float]], probed: Mapping[str, Mapping[str, float]]) -> None:
     """Write each :func:`semantic_linear_probe` mIoU into ``results[...]["probe_miou"]``, in place: a model's
     under its own name, a baseline input's (``"probe (rgb)"``) under both rows that cluster it, per object and
-    per pixel (``row("rgb")``, ``row("rgb pixels")``: e.g. ``lambda s: f"kmeans ({s})"`` for
-    :func:`semantic_benchmark`'s names). A linear probe reads pixels either way, so the two rows share it."""
+    per pixel (``"rgb"``, ``"rgb pixels"``). A linear probe reads pixels either way, so the two rows share it."""
     for name, scores in probed.items():
         source = name[len("probe ("):-1] if name.startswith("probe (") else None
-        for target in [name] if source is None else [row(source), row(f"{source} pixels")]:
+        for target in [name] if source is None else [source, f"{source} pixels"]:
             if target in results:
                 results[target]["probe_miou"] = scores["miou"]
 
