@@ -62,6 +62,7 @@ INVERSE_EPS = 1e-6   # damping of regularized_inverse: relative error ~1e-6 on w
 ANCHORS = ("keypoints", "segments")    # MotionSegmenter: anchors from keypoint heatmaps (the paper) or the segments
 SEGMENT_ANCHOR_EPS = 1e-6              # added to each segment before it is normalised into a heatmap
 IDENTITY_START_SEG_SCALE = 0.01        # identity_start with "segments" anchors: the segmentation head's initial scale
+SEGMENTER_NETWORKS = ("unet", "standin_unet")   # MotionSegmenter's hourglass: from scratch, or the stand-in's encoder
 
 
 def _shape(x) -> object:
@@ -301,6 +302,11 @@ class MotionSegmenter(nn.Module):
             network's size, normalised over space (``(Y_k + 1e-6) / sum(Y_k + 1e-6)``), so ``p_k`` is the
             segment's centre of mass and ``A_k`` the segment-weighted mean of ``a_k(z)``. The anchors then
             follow the parts from the first step (no keypoint head; an empty part anchors at the centre).
+        network: the hourglass: ``"unet"`` (:class:`partlab.models.UNet` from scratch, ``base_channels`` and
+            ``depth``) or ``"standin_unet"`` (:class:`partlab.models.StandinUNet`: the stand-in's blocks 1-3 as
+            the encoder, quick mode's pretrained start; ``base_channels`` and ``depth`` do not apply).
+        pretrained, standin: with ``"standin_unet"``, load the encoder from the stand-in file (``standin``: a
+            version name or a path; default the current stand-in) or start it at random (``pretrained=False``).
 
     >>> net = MotionSegmenter(4, scale=0.5, base_channels=8)
     >>> out = net(torch.rand(2, 3, 32, 32))
@@ -310,10 +316,15 @@ class MotionSegmenter(nn.Module):
 
     def __init__(self, num_parts: int, scale: float = 0.25, base_channels: int = 16, depth: int = 3,
                  temperature: float = 0.1, head_kernel: int = 7, in_channels: int = 3,
-                 identity_start: bool = False, anchors: str = "keypoints") -> None:
+                 identity_start: bool = False, anchors: str = "keypoints", network: str = "unet",
+                 pretrained: bool = True, standin: "str | None" = None) -> None:
         super().__init__()
         if anchors not in ANCHORS:
             raise ValueError(f"anchors={anchors!r}; choose one of {ANCHORS}")
+        if network not in SEGMENTER_NETWORKS:
+            raise ValueError(f"network={network!r}; the motion segmenter's hourglass is one of {SEGMENTER_NETWORKS}")
+        if network == "standin_unet" and in_channels != 3:
+            raise ValueError(f"network='standin_unet' reads RGB images (in_channels=3), got in_channels={in_channels}")
         if num_parts < 1:
             raise ValueError(f"MotionSegmenter needs num_parts >= 1, got {num_parts}")
         if not 0 < scale <= 1:
@@ -324,8 +335,14 @@ class MotionSegmenter(nn.Module):
             raise ValueError(f"head_kernel must be a positive odd number, got {head_kernel}")
         self.num_parts, self.scale, self.temperature = num_parts, float(scale), float(temperature)
         self.anchors = anchors
-        self.hourglass = UNet(1, base_channels=base_channels, depth=depth, in_channels=in_channels)
+        if network == "standin_unet":
+            from partlab.models.standin_unet import StandinUNet
+
+            self.hourglass = StandinUNet(1, pretrained=pretrained, standin=standin)
+        else:
+            self.hourglass = UNet(1, base_channels=base_channels, depth=depth, in_channels=in_channels)
         self.hourglass.head = nn.Identity()             # the U-Net returns its last decoder features
+        self.network_name = network
         features, pad = self.hourglass.feature_channels, head_kernel // 2
         self.seg_head = nn.Conv2d(features, num_parts + 1, head_kernel, padding=pad)
         # "segments" anchors need no keypoint head (no unused parameters under DDP)
@@ -342,6 +359,21 @@ class MotionSegmenter(nn.Module):
             with torch.no_grad():
                 self.seg_head.weight.mul_(IDENTITY_START_SEG_SCALE)
                 self.seg_head.bias.zero_()
+
+    @property
+    def pretrained_encoder(self) -> bool:
+        """Whether the hourglass has an encoder of its own weights (``network="standin_unet"``): the method
+        then trains it at the base learning rate and everything new at 10x, as for DeepLab."""
+        return hasattr(self.hourglass, "backbone_parameters")
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The hourglass's encoder (``network="standin_unet"``; empty for the scratch U-Net)."""
+        return list(self.hourglass.backbone_parameters()) if self.pretrained_encoder else []
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        """Every trainable parameter outside :meth:`backbone_parameters`: decoder and heads."""
+        backbone = {id(p) for p in self.backbone_parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in backbone]
 
     def downscale(self, images: torch.Tensor) -> torch.Tensor:
         """Anti-aliased resize of ``(B, C, H, W)`` by ``scale`` (:func:`antialias_downscale`; the identity

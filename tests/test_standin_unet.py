@@ -50,6 +50,51 @@ def test_methods_give_the_new_part_ten_times_the_learning_rate():
     assert lrs == [1e-4, pytest.approx(1e-3)]
 
 
+def test_motion_segmenter_starts_from_the_stand_in_encoder():
+    from partlab.motion import MotionSegmenter
+
+    torch.manual_seed(0)
+    net = MotionSegmenter(3, scale=0.5, network="standin_unet", anchors="segments", identity_start=True)
+    trunk = dict(get_extractor("standin", device="cpu").features.named_parameters())
+    torch.testing.assert_close(net.hourglass.encoder[0][0].weight, trunk["0.weight"])
+    assert net.pretrained_encoder and "stand-in standin_v1" in net.hourglass.weights_used
+    out = net(torch.rand(2, 3, 32, 32))
+    assert out["seg"].shape == (2, 4, 32, 32) and out["heatmap"].shape == (2, 3, 16, 16)
+    assert torch.allclose(out["seg"].sum(1), torch.ones(2, 32, 32), atol=1e-5)
+    assert torch.allclose(out["affine"], torch.eye(2).expand(2, 3, 2, 2), atol=1e-5)   # A_k = I at the start
+    backbone, new = set(map(id, net.backbone_parameters())), set(map(id, net.new_parameters()))
+    assert backbone and new and not backbone & new and backbone | new == set(map(id, net.parameters()))
+    scratch = MotionSegmenter(3, scale=0.5, network="standin_unet", pretrained=False)
+    assert not torch.equal(scratch.hourglass.encoder[0][0].weight, trunk["0.weight"])
+    plain = MotionSegmenter(3, scale=0.5, base_channels=4)
+    assert not plain.pretrained_encoder and plain.backbone_parameters() == []
+    with pytest.raises(ValueError, match="hourglass"):
+        MotionSegmenter(3, network="deeplab")
+    with pytest.raises(ValueError, match="in_channels"):
+        MotionSegmenter(3, network="standin_unet", pretrained=False, in_channels=1)
+
+
+def test_motion_trains_the_stand_in_encoder_at_the_base_rate_and_the_rest_at_ten_times():
+    from partlab.features import get_extractor as extractor_named
+    from partlab.methods import MotionCoPart
+    from partlab.train import TrainConfig
+
+    rgb = extractor_named("rgb")
+    small = {"scale": 0.5, "generator_channels": 4, "num_residual": 1, "anchors": "segments"}
+    model = MotionCoPart(3, features=rgb, network="standin_unet", pretrained=False, **small)
+    groups = model.param_groups(TrainConfig(lr=1e-4))
+    assert [g.get("lr") for g in groups] == [None, pytest.approx(1e-3)]
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.network.hourglass.encoder.parameters()}
+    every = [id(p) for g in groups for p in g["params"]]
+    assert sorted(every) == sorted(id(p) for p in model.parameters())            # each parameter once
+    plain = MotionCoPart(3, features=rgb, base_channels=4, **small)
+    assert all("lr" not in g for g in plain.param_groups(TrainConfig(lr=1e-4)))     # the scratch start: one rate
+    batch = {"image": torch.rand(2, 3, 32, 32), "frame2": torch.rand(2, 3, 32, 32)}
+    out = model.losses(batch)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and model.network.hourglass.encoder[0][0].weight.grad.abs().sum() > 0
+
+
 def test_stand_in_versions_load_by_name():
     assert "standin_v1" in STANDIN_VERSIONS
     v1 = get_extractor("standin_v1", device="cpu")

@@ -113,6 +113,10 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
         anchors: ``"keypoints"`` (the paper's keypoint heatmaps) or ``"segments"`` (partlab's option: each part's
             anchor is its segment's centre of mass and its affine the segment-weighted mean;
             :class:`partlab.motion.MotionSegmenter`).
+        network, pretrained, standin: the segmenter's hourglass, ``"unet"`` (from scratch, the paper's own
+            from-scratch setting) or ``"standin_unet"`` (quick mode's pretrained start: the stand-in's encoder,
+            loaded unless ``pretrained=False``; :class:`partlab.motion.MotionSegmenter`). With it the encoder
+            trains at ``config.lr`` and everything new (decoder, heads, generator) at 10x (:meth:`param_groups`).
         generator_channels, num_residual: the generator's ``C`` (64 in the paper) and residual blocks (6).
         generator_down: the generator's down blocks (2 in the paper: the flow warps features at 1/4 size).
         image_skip: the generator predicts a residual on the source frame warped at full resolution,
@@ -142,8 +146,8 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
                  visibility: Optional[str] = None, lambda_perceptual: float = 1.0,
                  lambda_eqv_shift: Optional[float] = None, lambda_eqv_affine: Optional[float] = None,
                  scale: float = 0.25, base_channels: int = 16, depth: int = 3, temperature: float = 0.1,
-                 identity_start: bool = False, anchors: str = "keypoints",
-                 generator_channels: int = 64, num_residual: int = 6, generator_down: int = 2,
+                 identity_start: bool = False, anchors: str = "keypoints", network: str = "unet",
+                 pretrained: bool = True, standin: Optional[str] = None, generator_channels: int = 64, num_residual: int = 6, generator_down: int = 2,
                  image_skip: bool = False, scales: Sequence[float] = PERCEPTUAL_SCALES,
                  warp: Union[str, dict] = "motion",
                  eps: float = INVERSE_EPS) -> None:
@@ -180,7 +184,7 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
 
         self.network = MotionSegmenter(num_parts, scale=scale, base_channels=base_channels, depth=depth,
                                        temperature=temperature, identity_start=identity_start,
-                                       anchors=anchors)
+                                       anchors=anchors, network=network, pretrained=pretrained, standin=standin)
         self.generator = MotionGenerator(generator_channels, num_residual,
                                          condition_channels=num_parts + 1 if motion == "naive" else 0,
                                          num_down=generator_down, image_skip=image_skip)
@@ -303,9 +307,14 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
 
     def param_groups(self, config) -> list[dict]:
         """Segmentation module and generator, each a group at ``config.lr`` (the original trains both with
-        Adam 2e-4, betas (0.5, 0.999))."""
-        return self.network_groups(config) + [{"params": [p for p in self.generator.parameters() if p.requires_grad],
-                                               "clip": None}]
+        Adam 2e-4, betas (0.5, 0.999)). With a pretrained encoder (``network="standin_unet"``) the encoder
+        stays at ``config.lr`` and everything new, the segmenter's decoder and heads and the generator, trains
+        at ``10 * config.lr``, as the other methods' heads do."""
+        generator = [p for p in self.generator.parameters() if p.requires_grad]
+        if self.network.pretrained_encoder:
+            return [{"params": self.network.backbone_parameters(), "clip": None},
+                    {"params": self.network.new_parameters() + generator, "lr": 10 * config.lr, "clip": None}]
+        return self.network_groups(config) + [{"params": generator, "clip": None}]
 
     # ------------------------------------------------------------------------------ inference
 
