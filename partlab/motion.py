@@ -339,6 +339,7 @@ class MotionSegmenter(nn.Module):
             from partlab.models.standin_unet import StandinUNet
 
             self.hourglass = StandinUNet(1, pretrained=pretrained, standin=standin)
+            self.weights_used = self.hourglass.weights_used     # the start, as DeepLab's (run records print it)
         else:
             self.hourglass = UNet(1, base_channels=base_channels, depth=depth, in_channels=in_channels)
         self.hourglass.head = nn.Identity()             # the U-Net returns its last decoder features

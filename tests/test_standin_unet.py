@@ -57,7 +57,7 @@ def test_motion_segmenter_starts_from_the_stand_in_encoder():
     net = MotionSegmenter(3, scale=0.5, network="standin_unet", anchors="segments", identity_start=True)
     trunk = dict(get_extractor("standin", device="cpu").features.named_parameters())
     torch.testing.assert_close(net.hourglass.encoder[0][0].weight, trunk["0.weight"])
-    assert net.pretrained_encoder and "stand-in standin_v1" in net.hourglass.weights_used
+    assert net.pretrained_encoder and net.weights_used.startswith("encoder: stand-in standin_v1")
     out = net(torch.rand(2, 3, 32, 32))
     assert out["seg"].shape == (2, 4, 32, 32) and out["heatmap"].shape == (2, 3, 16, 16)
     assert torch.allclose(out["seg"].sum(1), torch.ones(2, 32, 32), atol=1e-5)
