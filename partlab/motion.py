@@ -343,7 +343,6 @@ class MotionSegmenter(nn.Module):
         else:
             self.hourglass = UNet(1, base_channels=base_channels, depth=depth, in_channels=in_channels)
         self.hourglass.head = nn.Identity()             # the U-Net returns its last decoder features
-        self.network_name = network
         features, pad = self.hourglass.feature_channels, head_kernel // 2
         self.seg_head = nn.Conv2d(features, num_parts + 1, head_kernel, padding=pad)
         # "segments" anchors need no keypoint head (no unused parameters under DDP)
@@ -362,14 +361,15 @@ class MotionSegmenter(nn.Module):
                 self.seg_head.bias.zero_()
 
     @property
-    def pretrained_encoder(self) -> bool:
-        """Whether the hourglass has an encoder of its own weights (``network="standin_unet"``): the method
-        then trains it at the base learning rate and everything new at 10x, as for DeepLab."""
+    def separate_encoder(self) -> bool:
+        """Whether the hourglass has an encoder that comes from elsewhere (``network="standin_unet"``, loaded
+        or, with ``pretrained=False``, its random counterpart): the method then trains it at the base learning
+        rate and everything new at 10x, as for DeepLab."""
         return hasattr(self.hourglass, "backbone_parameters")
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """The hourglass's encoder (``network="standin_unet"``; empty for the scratch U-Net)."""
-        return list(self.hourglass.backbone_parameters()) if self.pretrained_encoder else []
+        return list(self.hourglass.backbone_parameters()) if self.separate_encoder else []
 
     def new_parameters(self) -> list[nn.Parameter]:
         """Every trainable parameter outside :meth:`backbone_parameters`: decoder and heads."""

@@ -57,7 +57,7 @@ def test_motion_segmenter_starts_from_the_stand_in_encoder():
     net = MotionSegmenter(3, scale=0.5, network="standin_unet", anchors="segments", identity_start=True)
     trunk = dict(get_extractor("standin", device="cpu").features.named_parameters())
     torch.testing.assert_close(net.hourglass.encoder[0][0].weight, trunk["0.weight"])
-    assert net.pretrained_encoder and net.weights_used.startswith("encoder: stand-in standin_v1")
+    assert net.separate_encoder and net.weights_used.startswith("encoder: stand-in standin_v1")
     out = net(torch.rand(2, 3, 32, 32))
     assert out["seg"].shape == (2, 4, 32, 32) and out["heatmap"].shape == (2, 3, 16, 16)
     assert torch.allclose(out["seg"].sum(1), torch.ones(2, 32, 32), atol=1e-5)
@@ -67,7 +67,7 @@ def test_motion_segmenter_starts_from_the_stand_in_encoder():
     scratch = MotionSegmenter(3, scale=0.5, network="standin_unet", pretrained=False)
     assert not torch.equal(scratch.hourglass.encoder[0][0].weight, trunk["0.weight"])
     plain = MotionSegmenter(3, scale=0.5, base_channels=4)
-    assert not plain.pretrained_encoder and plain.backbone_parameters() == []
+    assert not plain.separate_encoder and plain.backbone_parameters() == []
     with pytest.raises(ValueError, match="hourglass"):
         MotionSegmenter(3, network="deeplab")
     with pytest.raises(ValueError, match="in_channels"):

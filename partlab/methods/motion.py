@@ -147,7 +147,8 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
                  lambda_eqv_shift: Optional[float] = None, lambda_eqv_affine: Optional[float] = None,
                  scale: float = 0.25, base_channels: int = 16, depth: int = 3, temperature: float = 0.1,
                  identity_start: bool = False, anchors: str = "keypoints", network: str = "unet",
-                 pretrained: bool = True, standin: Optional[str] = None, generator_channels: int = 64, num_residual: int = 6, generator_down: int = 2,
+                 pretrained: bool = True, standin: Optional[str] = None,
+                 generator_channels: int = 64, num_residual: int = 6, generator_down: int = 2,
                  image_skip: bool = False, scales: Sequence[float] = PERCEPTUAL_SCALES,
                  warp: Union[str, dict] = "motion",
                  eps: float = INVERSE_EPS) -> None:
@@ -311,7 +312,7 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
         stays at ``config.lr`` and everything new, the segmenter's decoder and heads and the generator, trains
         at ``10 * config.lr``, as the other methods' heads do."""
         generator = [p for p in self.generator.parameters() if p.requires_grad]
-        if self.network.pretrained_encoder:
+        if self.network.separate_encoder:
             return [{"params": self.network.backbone_parameters(), "clip": None},
                     {"params": self.network.new_parameters() + generator, "lr": 10 * config.lr, "clip": None}]
         return self.network_groups(config) + [{"params": generator, "clip": None}]
