@@ -371,7 +371,7 @@ class MotionSegmenter(nn.Module):
         """The hourglass's encoder (``network="standin_unet"``; empty for the scratch U-Net)."""
         return list(self.hourglass.backbone_parameters()) if self.separate_encoder else []
 
-    def new_parameters(self) -> list[nn.Parameter]:
+    def head_parameters(self) -> list[nn.Parameter]:
         """Every trainable parameter outside :meth:`backbone_parameters`: decoder and heads."""
         backbone = {id(p) for p in self.backbone_parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in backbone]

@@ -48,6 +48,13 @@ def test_methods_give_the_new_part_ten_times_the_learning_rate():
     groups = model.param_groups(TrainConfig(lr=1e-4))
     lrs = sorted(g.get("lr", 1e-4) for g in groups if g.get("optimizer") != "sgd")
     assert lrs == [1e-4, pytest.approx(1e-3)]
+    from partlab.methods import MaskContrast
+
+    mc = MaskContrast(4, network="standin_unet")
+    groups = mc.param_groups(TrainConfig(lr=1e-4))
+    assert [g.get("lr") for g in groups] == [None, pytest.approx(1e-3)]
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in mc.network.parameters())
+    assert len(MaskContrast(4, network="unet", base_channels=8, depth=2).param_groups(TrainConfig(lr=1e-4))) == 1
 
 
 def test_motion_segmenter_starts_from_the_stand_in_encoder():
@@ -62,7 +69,7 @@ def test_motion_segmenter_starts_from_the_stand_in_encoder():
     assert out["seg"].shape == (2, 4, 32, 32) and out["heatmap"].shape == (2, 3, 16, 16)
     assert torch.allclose(out["seg"].sum(1), torch.ones(2, 32, 32), atol=1e-5)
     assert torch.allclose(out["affine"], torch.eye(2).expand(2, 3, 2, 2), atol=1e-5)   # A_k = I at the start
-    backbone, new = set(map(id, net.backbone_parameters())), set(map(id, net.new_parameters()))
+    backbone, new = set(map(id, net.backbone_parameters())), set(map(id, net.head_parameters()))
     assert backbone and new and not backbone & new and backbone | new == set(map(id, net.parameters()))
     scratch = MotionSegmenter(3, scale=0.5, network="standin_unet", pretrained=False)
     assert not torch.equal(scratch.hourglass.encoder[0][0].weight, trunk["0.weight"])

@@ -23,7 +23,7 @@ be written to a run folder and rebuilt later (:mod:`partlab.methods.runs`).
 from __future__ import annotations
 
 import abc
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -31,6 +31,7 @@ from torch import nn
 from partlab import precision, utils
 
 MIN_IMAGE_SIZE = 16
+HEAD_LR_FACTOR = 10         # new layers on a pretrained backbone train at this multiple of its rate
 
 
 def check_images(images: torch.Tensor, min_size: int = MIN_IMAGE_SIZE) -> torch.Tensor:
@@ -102,16 +103,21 @@ class PartSegmenter(nn.Module, abc.ABC):
         probs = self.eval_forward(self, images).float().softmax(dim=1)  # (B, K+1, H, W)
         return {"probs": probs, "labels": probs.argmax(dim=1)}
 
-    def network_groups(self, config, clip: Optional[float] = None) -> list[dict]:
+    def network_groups(self, config, clip: Optional[float] = None, new: Sequence[nn.Parameter] = ()) -> list[dict]:
         """Parameter groups of ``self.network`` for :func:`partlab.train.fit`: one group at ``config.lr``,
-        or for a network with ``head_parameters`` (DeepLab) the backbone at ``config.lr`` and the head at
-        ``10 * config.lr`` (as in the SCOPS and contrastive originals); each clipped at ``clip`` (None: the
-        trainer's ``grad_clip``)."""
+        or for a network with a pretrained part (``head_parameters``, as DeepLab and the stand-in U-Net, unless
+        its ``separate_encoder`` is False) the backbone at ``config.lr`` and the head at ``HEAD_LR_FACTOR *
+        config.lr`` (10, as in the SCOPS and contrastive originals); each clipped at ``clip`` (None: the
+        trainer's ``grad_clip``). ``new``: parameters of modules outside the network (motion's generator), trained
+        with the head, or as a group of their own at ``config.lr`` when there is no split."""
         network = self.network
-        if hasattr(network, "head_parameters"):
-            return [{"params": network.backbone_parameters(), "clip": clip},
-                    {"params": network.head_parameters(), "lr": 10 * config.lr, "clip": clip}]
-        return [{"params": [p for p in network.parameters() if p.requires_grad], "clip": clip}]
+        new = [p for p in new if p.requires_grad]
+        if getattr(network, "separate_encoder", hasattr(network, "head_parameters")):
+            return [{"params": list(network.backbone_parameters()), "clip": clip},
+                    {"params": list(network.head_parameters()) + new, "lr": HEAD_LR_FACTOR * config.lr,
+                     "clip": clip}]
+        groups = [{"params": [p for p in network.parameters() if p.requires_grad], "clip": clip}]
+        return groups + ([{"params": new, "clip": clip}] if new else [])
 
     @staticmethod
     def check_weights(weights: dict[str, float]) -> dict[str, float]:

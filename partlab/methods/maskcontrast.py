@@ -101,6 +101,11 @@ class MaskContrastNet(nn.Module):
         saliency = self.saliency_head(features)
         return (embeddings, saliency, features) if return_features else (embeddings, saliency)
 
+    @property
+    def separate_encoder(self) -> bool:
+        """Whether the body has a pretrained part (DeepLab-v3, the stand-in U-Net) to train apart from the heads."""
+        return hasattr(self.body, "head_parameters")
+
     def backbone_parameters(self) -> list[nn.Parameter]:
         body = self.body
         if hasattr(body, "backbone_parameters"):
@@ -232,11 +237,7 @@ class MaskContrast(PartSegmenter):
     def param_groups(self, config) -> list[dict]:
         """The query network (backbone at ``config.lr``, heads at 10x for DeepLab-v3, as the other methods);
         the key network is never optimised."""
-        network = self.network
-        if hasattr(network.body, "head_parameters"):
-            return [{"params": network.backbone_parameters()},
-                    {"params": network.head_parameters(), "lr": 10 * config.lr}]
-        return [{"params": [p for p in network.parameters() if p.requires_grad]}]
+        return self.network_groups(config)
 
     # ------------------------------------------------------------------------------ inference
 

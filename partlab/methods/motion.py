@@ -311,11 +311,7 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
         Adam 2e-4, betas (0.5, 0.999)). With a pretrained encoder (``network="standin_unet"``) the encoder
         stays at ``config.lr`` and everything new, the segmenter's decoder and heads and the generator, trains
         at ``10 * config.lr``, as the other methods' heads do."""
-        generator = [p for p in self.generator.parameters() if p.requires_grad]
-        if self.network.separate_encoder:
-            return [{"params": self.network.backbone_parameters(), "clip": None},
-                    {"params": self.network.new_parameters() + generator, "lr": 10 * config.lr, "clip": None}]
-        return self.network_groups(config) + [{"params": generator, "clip": None}]
+        return self.network_groups(config, new=list(self.generator.parameters()))
 
     # ------------------------------------------------------------------------------ inference
 
