@@ -162,7 +162,8 @@ def benchmark_splits(category: str = "bird", size: int = 64, n_train: int = 200,
 
 def baseline_parts(name: str, images: torch.Tensor, fg: torch.Tensor, num_parts: int, *, extractor=None,
                    features: str = "auto", device="auto", seed: int = 0,
-                   kmeans: str = "partlab", part_labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                   kmeans: str = "partlab", part_labels: Optional[torch.Tensor] = None,
+                   part_share: float = 1.0) -> Dict[str, torch.Tensor]:
     """K-means, DFF or position part maps of a collection (true foreground as the background split, as in
     the contrastive paper's K-means baseline) -> dict(probs, labels, centers).
 
@@ -180,6 +181,7 @@ def baseline_parts(name: str, images: torch.Tensor, fg: torch.Tensor, num_parts:
     :func:`partlab.part_basis.part_label_features` of them in place of the CNN features (perfect features,
     scaled to the CNN's energy): what K-means and DFF reach when the features name every part, the
     comparison for ``seed_sweep(..., true_part_features=True)``. A diagnostic; the labels never reach a method.
+    ``part_share`` below 1 mixes them into the CNN features instead (``part_label_features(share=)``).
     """
     from partlab import baselines
 
@@ -201,7 +203,7 @@ def baseline_parts(name: str, images: torch.Tensor, fg: torch.Tensor, num_parts:
 
         if part_labels.shape[0] != images.shape[0]:
             raise ValueError(f"part_labels holds {part_labels.shape[0]} label maps for {images.shape[0]} images")
-        feats = part_label_features(part_labels, feats)
+        feats = part_label_features(part_labels, feats, share=part_share)
     if name == "kmeans":
         out = baselines.kmeans_parts(feats, fg, num_parts, seed=seed, fit_size=protocol["fit_size"],
                                      max_iter=protocol["max_iter"])
@@ -236,12 +238,13 @@ def baseline_mask(images: torch.Tensor, fg: torch.Tensor, mask: str = "true", *,
 
 def score_baseline(name: str, train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor], *,
                    category: Optional[str] = None, num_parts: Optional[int] = None,
-                   mask: "str | torch.Tensor" = "true", true_part_features: bool = False, **kwargs):
+                   mask: "str | torch.Tensor" = "true", true_part_features: "bool | float" = False, **kwargs):
     """Fit a baseline on the train and test images together (a collection-level method), score the
     test part -> (metrics, test predictions).
 
     ``true_part_features``: the feature baselines read the one-hot true parts instead of CNN features
-    (:func:`baseline_parts` ``part_labels``): their ceiling, a diagnostic.
+    (:func:`baseline_parts` ``part_labels``): their ceiling, a diagnostic. A number in ``(0, 1)`` is the
+    true parts' share of a mix with the CNN features (:func:`partlab.part_basis.part_label_features`).
 
     ``mask`` (:func:`baseline_mask`): ``"true"`` foreground (default), ``"rbd"`` saliency (what a
     method trained without masks, like SCOPS, sees), ``"none"``, or the ``(N_train + N_test, 1, H, W)``
@@ -251,8 +254,10 @@ def score_baseline(name: str, train: Mapping[str, torch.Tensor], test: Mapping[s
     n = len(train["image"])
     images = torch.cat([train["image"], test["image"]])
     fg = baseline_mask(images, torch.cat([train["fg"], test["fg"]]), mask) if isinstance(mask, str) else mask
-    if true_part_features:
+    share = true_part_share(true_part_features)
+    if share:
         kwargs["part_labels"] = torch.cat([train["parts"], test["parts"]])
+        kwargs["part_share"] = share
     pred = baseline_parts(name, images, fg, k, **kwargs)
     pred_train, pred_test = split_predictions(pred, n)
     scores = score_parts(pred_test, test, pred_train=pred_train, truth_train=train, category=category)
@@ -366,7 +371,7 @@ def summarize_seeds(per_seed: Mapping[int, Mapping[str, float]]) -> SeedSweep:
 def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 4), *,
                overrides: Optional[Mapping] = None, n_eval: int = 150, mask: str = "own", device="auto",
                progress: Optional[bool] = None, split_seed: int = 0, split: str = "test",
-               ablation: Optional[str] = None, true_part_features: bool = False,
+               ablation: Optional[str] = None, true_part_features: "bool | float" = False,
                baselines: Sequence[str] = (), baseline_masks: Sequence[str] = ("true",)) -> SeedSweep:
     """Train ``method`` with ``recipe`` once per training seed and score every run on the *same* test images.
 
@@ -388,6 +393,8 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
         true_part_features: train on features that name every part (the one-hot true part labels,
             :func:`partlab.part_basis.part_label_features`) in place of the recipe's cached CNN features: the
             method's ceiling when its features are perfect, a diagnostic (they come from labels), not a result.
+            A number in ``(0, 1]`` is the true parts' share of a mix with the CNN features (``0.5``: half
+            and half; :func:`partlab.part_basis.part_label_features`), for the baselines too.
         baselines: training-free baselines (:data:`ALL_BASELINES`: ``"kmeans"``, ``"dff"``, ``"position"``, ...)
             scored once on the same images with the same K, world and features as the runs (with
             ``true_part_features``, on the true parts as features too), inside each mask of ``baseline_masks``
@@ -408,7 +415,8 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
     base = base.override(overrides)
     data = base.data
     scenes = entry.data == "scenes"
-    if true_part_features and scenes:
+    share = true_part_share(true_part_features)
+    if share and scenes:
         raise ValueError(f"true_part_features is for part methods; {method} learns object categories of scenes")
     # the baselines' names and masks are checked here, before minutes of training, not after
     if baselines and scenes:
@@ -432,8 +440,8 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
     per_seed = {}
     for seed in seeds:
         model, dataset, info = base.override({"fit.seed": int(seed)}).build(device=device)
-        if true_part_features:
-            use_true_part_features(dataset, method)
+        if share:
+            use_true_part_features(dataset, method, share=share)
         settings = dict(info["fit"]) if progress is None else dict(info["fit"], progress=progress)
         fit(model, dataset, **settings)
         if scenes:
@@ -448,14 +456,23 @@ def seed_sweep(method: str, recipe="quick", seeds: Sequence[int] = (0, 1, 2, 3, 
         sweep["baselines"], _ = score_baselines(train_eval, test, names=baselines, masks=baseline_masks,
                                                 category=data.category, num_parts=model.num_parts,
                                                 features=data.features, device=device,
-                                                true_part_features=true_part_features)
+                                                true_part_features=share)
     return sweep
 
 
-def use_true_part_features(dataset, method: str = "the method") -> None:
+def true_part_share(value: "bool | float | None") -> float:
+    """``true_part_features`` as the true parts' share in ``[0, 1]``: ``True`` -> 1, ``False`` / ``None`` -> 0."""
+    share = float(value or 0.0)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"true_part_features is True, False or the true parts' share in [0, 1], got {value!r}")
+    return share
+
+
+def use_true_part_features(dataset, method: str = "the method", share: float = 1.0) -> None:
     """Replace a quick recipe's cached features (``dataset.extras["features"]``, a
     :class:`partlab.data.extras.WithExtras`) by :func:`partlab.part_basis.part_label_features` of the training
-    images' true part labels, in place: ``seed_sweep(..., true_part_features=True)``."""
+    images' true part labels, in place: ``seed_sweep(..., true_part_features=True)``; ``share`` below 1 mixes
+    them into the cached features instead."""
     from partlab.data.collate import stack_dataset
     from partlab.data.extras import WithExtras
     from partlab.part_basis import part_label_features
@@ -464,7 +481,7 @@ def use_true_part_features(dataset, method: str = "the method") -> None:
         raise ValueError(f"true part features replace the features a recipe caches; {method}'s training set has "
                          f"none (a recipe with data.cache=true and a feature-reading method: scops, contrastive)")
     parts = stack_dataset(dataset.dataset, keys=["parts"])["parts"]
-    dataset.extras["features"] = part_label_features(parts, dataset.extras["features"])
+    dataset.extras["features"] = part_label_features(parts, dataset.extras["features"], share=share)
 
 
 # ---------------------------------------------------------------------------------------------

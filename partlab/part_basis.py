@@ -13,7 +13,7 @@ Two questions a reader asks about that term, each answered by one function here:
 - *What can the method do with features that name every part?* :func:`part_label_features` turns the
   true part labels into such features (one channel per part), to train a method on them instead of a
   CNN's (``seed_sweep(..., true_part_features=True)``): the method's ceiling, with the features' share
-  of the problem taken away.
+  of the problem taken away; ``share=`` mixes them into the CNN's features (``true_part_features=0.5``).
 - *What do part maps and basis become when both are optimised with Eq. 4?* :func:`factorize_features`
   trains free per-pixel part maps (softmax over K+1 channels, channel 0 background) and the basis
   with Adam: a soft non-negative matrix factorisation of the features, SCOPS' term without the
@@ -102,7 +102,7 @@ def fit_part_basis(parts: torch.Tensor, features: torch.Tensor, saliency: Option
     return basis.to(features.dtype)
 
 
-def part_label_features(parts: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def part_label_features(parts: torch.Tensor, like: torch.Tensor, share: float = 1.0) -> torch.Tensor:
     """Features that name every part: the one-hot true part labels in place of a CNN's features ``like``.
 
     Channel ``p - 1`` holds part ``p``'s share of each feature cell (the one-hot labels ``1..P`` averaged
@@ -110,13 +110,17 @@ def part_label_features(parts: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     norm over the foreground cells equals that of ``like`` there (the losses keep their usual magnitude).
     Used as a method's features (L_sc of SCOPS, L_f / L_c of contrastive discovery), they measure what
     the method can do when the features are perfect: its ceiling, not a result (they come from labels).
+    With ``share`` below 1 they are mixed into ``like``: ``(1 - share) * like + share * parts``, a ladder of
+    feature quality between the CNN's (0) and perfect (1), to see whether a method gains from better
+    features as much as its baselines do (the README's "Better features lift K-means at least as far as SCOPS").
 
     Args:
         parts: ``(N, H, W)`` or ``(N, 1, H, W)`` integer part labels, 0 background, ``1..P`` parts.
         like: ``(N, C, h, w)`` the features they replace (``C >= P``, ``h, w`` divide ``H, W``).
+        share: the true parts' weight in ``[0, 1]`` (1: the parts alone; 0: ``like`` unchanged).
 
     Returns:
-        ``(N, C, h, w)`` features of ``like``'s dtype, non-negative.
+        ``(N, C, h, w)`` features of ``like``'s dtype, non-negative where ``like`` is.
 
     >>> parts = torch.tensor([[[0, 1], [2, 2]]])                      # (1, 2, 2): background, part 1, part 2
     >>> part_label_features(parts, torch.ones(1, 3, 2, 2))[0, :, 1, 1]  # a part-2 pixel: squared norm 3, as like's
@@ -127,13 +131,16 @@ def part_label_features(parts: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     if parts.dim() != 3 or like.dim() != 4 or parts.shape[0] != like.shape[0]:
         raise ValueError(f"parts must be (N, H, W) and like (N, C, h, w) with the same N, got "
                          f"{tuple(parts.shape)} and {tuple(like.shape)}")
+    share = float(share)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share is the true parts' weight in [0, 1], got {share}")
     parts = parts.long()
     p = int(parts.max()) if parts.numel() else 0
     _, c, h, w = like.shape
     if p > c:
         raise ValueError(f"{p} parts need at least as many feature channels, the features have {c}")
     if p == 0:
-        return torch.zeros_like(like)
+        return (1.0 - share) * like if share < 1.0 else torch.zeros_like(like)
     onehot = F.one_hot(parts, p + 1).permute(0, 3, 1, 2)[:, 1:].to(like.dtype)           # (N, P, H, W)
     onehot = F.adaptive_avg_pool2d(onehot, (h, w))                                       # (N, P, h, w)
     fg = onehot.sum(dim=1) > 0.5                                                         # (N, h, w) foreground cells
@@ -143,7 +150,7 @@ def part_label_features(parts: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     energy_parts = onehot.pow(2).sum(dim=1)[fg].mean().clamp_min(1e-12)
     out = torch.zeros_like(like)
     out[:, :p] = onehot * torch.sqrt(energy_like / energy_parts)
-    return out
+    return out if share == 1.0 else (1.0 - share) * like + share * out
 
 
 def basis_cosine(basis: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -7,6 +7,7 @@
     python scripts/seed_sweep.py scops --ablation no_sc        # one row of a 5-seed ablation table
     python scripts/seed_sweep.py maskcontrast --n-eval 300     # scenes: K-means mIoU (K = 4, 8, 16 clusters)
     python scripts/seed_sweep.py scops --split val --true-part-features   # the ceiling with perfect features
+    python scripts/seed_sweep.py scops --split val --true-part-features 0.5 --baselines kmeans --baseline-mask rbd
     python scripts/seed_sweep.py scops --split val --baselines kmeans position --baseline-mask rbd  # and its floor
 
 Settings are chosen with ``--split val`` (the validation split); the test split only reports them.
@@ -36,9 +37,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--ablation", help="one of the method's ablations (e.g. scops: no_sc, no_con, "
                         "no_eqv, no_saliency, only_sc), applied before --set")
-    parser.add_argument("--true-part-features", action="store_true",
+    parser.add_argument("--true-part-features", type=float, nargs="?", const=1.0, default=0.0, metavar="SHARE",
                         help="train on the one-hot true part labels as features (the method's ceiling with perfect "
-                             "features; a diagnostic, not a result)")
+                             "features; a diagnostic, not a result); SHARE in (0, 1) mixes them into the CNN's "
+                             "features: (1 - SHARE) * features + SHARE * parts, for the baselines too")
     parser.add_argument("--baselines", nargs="+", default=[], choices=list(evaluation.ALL_BASELINES),
                         help="also score these training-free baselines once on the same images, K, world and "
                              "features (on the true parts as features with --true-part-features)")
@@ -64,6 +66,8 @@ def main() -> None:
         parser.error(f"--mask is for part methods; {args.method} is scored on the true objects of each scene")
     if scenes and args.baselines:
         parser.error(f"--baselines is for part methods; {args.method}'s scene baselines are in its notebook")
+    if not 0.0 <= args.true_part_features <= 1.0:
+        parser.error(f"--true-part-features takes the true parts' share in [0, 1], got {args.true_part_features}")
     if unknown:
         parser.error(f"unknown column(s) {unknown} for {args.method}; choose from {list(known)}"
                      + (" or miou@C (C clusters: 8, 16 at K = 4)" if scenes else ""))
@@ -75,8 +79,11 @@ def main() -> None:
                                   true_part_features=args.true_part_features, baselines=args.baselines,
                                   baseline_masks=args.baseline_mask)
     minutes = (time.perf_counter() - start) / 60
+    share = args.true_part_features
+    parts_label = "true part features" if share == 1.0 else f"features {1 - share:g} CNN + {share:g} true parts"
+    on_parts = " on the true parts" if share == 1.0 else f" on the {parts_label}"
     changes = (([f"ablation {args.ablation}"] if args.ablation else [])
-               + (["true part features"] if args.true_part_features else []) + args.set)
+               + ([parts_label] if args.true_part_features else []) + args.set)
     scored = "the true objects, K-means" if scenes else f"mask {args.mask}"
     what = "scenes" if scenes else "images"
     print(f"{args.method} ({args.recipe} recipe, {' '.join(changes) or 'as is'}), {scored}, "
@@ -88,7 +95,7 @@ def main() -> None:
     print("| mean ± std | " + " | ".join(sweep.format(c) for c in columns) + " |")
     for name, scores in sweep.get("baselines", {}).items():
         perfect = args.true_part_features and name.split(" ")[0] in evaluation.BASELINES   # position reads no features
-        print(f"| {name}{' on the true parts' if perfect else ''} | "
+        print(f"| {name}{on_parts if perfect else ''} | "
               + " | ".join(f"{scores[c]:.3f}" for c in columns) + " |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -205,6 +205,35 @@ def test_true_part_features_replace_the_cached_features_and_change_the_run():
         evaluation.use_true_part_features(dataset.dataset, "scops")
 
 
+def test_a_share_of_true_part_features_mixes_them_into_the_cached_features():
+    """seed_sweep(true_part_features=0.5): half the CNN's features, half the true parts, for the runs and the
+    baselines; a share outside [0, 1] is refused before any training."""
+    from partlab.methods.registry import get_method
+    from partlab.part_basis import part_label_features
+
+    small = {"data.size": 32, "data.n_train": 8, "fit.max_steps": 2, "fit.batch_size": 4}
+    _, dataset, _ = get_method("scops").recipe("quick").override(small).build(device="cpu")
+    before = dataset.extras["features"].clone()
+    parts = torch.stack([dataset.dataset[i]["parts"] for i in range(len(dataset.dataset))])
+    evaluation.use_true_part_features(dataset, "scops", share=0.5)
+    assert torch.allclose(dataset.extras["features"], 0.5 * before + 0.5 * part_label_features(parts, before))
+    assert evaluation.true_part_share(True) == 1.0 and evaluation.true_part_share(False) == 0.0
+    assert evaluation.true_part_share(None) == 0.0 and evaluation.true_part_share(0.25) == 0.25
+    with pytest.raises(ValueError, match="share in \\[0, 1\\], got 2"):
+        evaluation.seed_sweep("scops", "quick", seeds=(0,), n_eval=12, device="cpu", true_part_features=2,
+                              overrides=small)
+
+
+def test_baselines_on_a_share_of_true_part_features_lie_between(split):
+    """K-means on half CNN features, half true parts scores between K-means on either alone."""
+    train, test = split
+    kw = dict(category="bird", features="standin", device="cpu")
+    plain, _ = evaluation.score_baseline("kmeans", train, test, **kw)
+    half, _ = evaluation.score_baseline("kmeans", train, test, true_part_features=0.5, **kw)
+    ceiling, _ = evaluation.score_baseline("kmeans", train, test, true_part_features=True, **kw)
+    assert plain["fg_ari"] + 0.05 < half["fg_ari"] < ceiling["fg_ari"] - 0.05      # 0.14 < 0.34 < 0.45 here
+
+
 def test_baselines_on_the_true_parts_as_features_are_their_ceiling(split):
     """score_baseline(true_part_features=True): K-means and DFF read the one-hot true parts instead of the CNN's
     features (far better), the position baselines read no features (unchanged)."""
@@ -258,3 +287,10 @@ def test_seed_sweep_script_prints_the_baselines_under_the_runs(monkeypatch, caps
     assert rows[-2].startswith("| kmeans (true) on the true parts | ")          # K-means read the true parts
     assert rows[-1].startswith("| position (true) | ")                          # position reads no features
     assert "true part features" in out
+    monkeypatch.setattr(sys, "argv", sys.argv[:sys.argv.index("--true-part-features") + 1] + ["0.5"]
+                        + sys.argv[sys.argv.index("--true-part-features") + 1:])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert rows[-2].startswith("| kmeans (true) on the features 0.5 CNN + 0.5 true parts | ")   # the mix, named
+    assert "features 0.5 CNN + 0.5 true parts" in out.splitlines()[0]

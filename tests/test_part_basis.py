@@ -138,6 +138,28 @@ def test_part_label_features_are_the_parts_shares_at_the_features_energy():
         assert out[n, :, y, x].pow(2).sum() == pytest.approx(float(energy), rel=1e-5)   # mean energy
 
 
+def test_part_label_features_mixed_into_the_cnn_features_by_share():
+    """share=a: (1 - a) * like + a * the parts at like's energy; 1 is the parts alone, 0 is like unchanged."""
+    parts = torch.zeros(2, 4, 4, dtype=torch.long)
+    parts[0, :2, :2] = 1
+    parts[1, 2:, :] = 2
+    like = torch.rand(2, 4, 2, 2, generator=_gen(3)) + 0.5
+    alone = part_label_features(parts, like)
+    assert torch.equal(part_label_features(parts, like, share=1.0), alone)
+    assert torch.equal(part_label_features(parts, like, share=0.0), like)
+    half = part_label_features(parts, like, share=0.5)
+    assert torch.allclose(half, 0.5 * like + 0.5 * alone)
+    assert half[0, 0, 0, 0] == pytest.approx(0.5 * float(like[0, 0, 0, 0] + alone[0, 0, 0, 0]))  # by hand
+    assert half[0, 1, 1, 1] == pytest.approx(0.5 * float(like[0, 1, 1, 1]))         # a background cell: like's half
+    quarter = part_label_features(parts, like, share=0.25)
+    assert torch.allclose(quarter, 0.75 * like + 0.25 * alone) and bool((quarter >= 0).all())
+    none = torch.zeros(1, 8, 8, dtype=torch.long)                                      # no parts: like's share only
+    assert torch.equal(part_label_features(none, torch.ones(1, 4, 4, 4), share=0.5), torch.full((1, 4, 4, 4), 0.5))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"share is the true parts' weight in \[0, 1\]"):
+            part_label_features(parts, like, share=bad)
+
+
 def test_part_label_features_refuse_too_few_channels_and_keep_no_parts_at_zero():
     parts = torch.randint(0, 4, (1, 8, 8))
     parts[0, 0, 0] = 3
