@@ -235,8 +235,9 @@ class MaskContrast(PartSegmenter):
             logging.getLogger(__name__).warning("MaskContrast: clusters not fitted after training: %s", error)
 
     def param_groups(self, config) -> list[dict]:
-        """The query network (backbone at ``config.lr``, heads at 10x for DeepLab-v3, as the other methods);
-        the key network is never optimised."""
+        """The query network by :meth:`PartSegmenter.network_groups`: with a pretrained body (DeepLab-v3, the
+        stand-in U-Net of the quick recipe) its backbone at ``config.lr`` and everything new at ``HEAD_LR_FACTOR``
+        (10) times that, as the other methods; the key network is never optimised."""
         return self.network_groups(config)
 
     # ------------------------------------------------------------------------------ inference

@@ -310,7 +310,8 @@ class MotionCoPart(FrozenFeatures, PartSegmenter):
         """Segmentation module and generator, each a group at ``config.lr`` (the original trains both with
         Adam 2e-4, betas (0.5, 0.999)). With a pretrained encoder (``network="standin_unet"``) the encoder
         stays at ``config.lr`` and everything new, the segmenter's decoder and heads and the generator, trains
-        at ``10 * config.lr``, as the other methods' heads do."""
+        at ``HEAD_LR_FACTOR * config.lr`` (10), as the other methods' heads do (:meth:`PartSegmenter.network_groups`
+        with the generator as ``new``)."""
         return self.network_groups(config, new=list(self.generator.parameters()))
 
     # ------------------------------------------------------------------------------ inference
